@@ -136,6 +136,10 @@ class Node:
         """Typed field values from the layer's ``<data>`` attributes (default: none)."""
         return {}
 
+    def to_ir(self) -> dict[str, str]:
+        """The ``<data>`` attributes the IR writer emits: the inverse of ``from_ir``."""
+        return {}
+
     def infer(self) -> Sequence[TensorType]:
         """Output types from input types and attributes; raise ``ShapeError`` when invalid."""
         raise NotImplementedError(type(self).__name__)

@@ -54,5 +54,8 @@ class Convert(Node):
     def from_ir(cls, a: Attributes) -> dict[str, Any]:
         return {"destination_type": a.dtype("destination_type")}
 
+    def to_ir(self) -> dict[str, str]:
+        return {"destination_type": self.destination_type.name}
+
     def infer(self) -> Sequence[TensorType]:
         return [TensorType(self.destination_type, self.input_type(0).shape)]

@@ -28,6 +28,9 @@ class BinaryElementwise(Node):
             raise a._fail("auto_broadcast", "pdpd", "'numpy' or 'none' (pdpd is not supported)")
         return {"auto_broadcast": mode}
 
+    def to_ir(self) -> dict[str, str]:
+        return {"auto_broadcast": self.auto_broadcast}
+
     def result_dtype(self) -> dtypes.DType:
         return self.input_type(0).dtype
 
@@ -67,6 +70,9 @@ class Divide(BinaryElementwise):
     @classmethod
     def from_ir(cls, a: Attributes) -> dict[str, Any]:
         return {**super().from_ir(a), "python_division": a.bool("m_pythondiv", True)}
+
+    def to_ir(self) -> dict[str, str]:
+        return {**super().to_ir(), "m_pythondiv": str(self.python_division).lower()}
 
 
 @register("Maximum", 1)
@@ -160,6 +166,9 @@ class Select(Node):
     @classmethod
     def from_ir(cls, a: Attributes) -> dict[str, Any]:
         return {"auto_broadcast": a.enum("auto_broadcast", AUTO_BROADCAST, "numpy")}
+
+    def to_ir(self) -> dict[str, str]:
+        return {"auto_broadcast": self.auto_broadcast}
 
     def infer(self) -> Sequence[TensorType]:
         cond, then, other = (v.type for v in self.inputs)
