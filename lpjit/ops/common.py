@@ -52,3 +52,8 @@ def require_same_dtype(node: Node) -> None:
     if len(types) > 1:
         shown = ", ".join(str(v.dtype) for v in node.inputs)
         raise ShapeError(f"inputs have element types {shown}; expected one type", node.origin)
+
+
+def format_float(value: float) -> str:
+    """A float attribute as OpenVINO's serializer writes it: ``%.17g`` (``0.001``, ``0.10000000000000001``)."""
+    return f"{value:.17g}"
