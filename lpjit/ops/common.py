@@ -55,5 +55,8 @@ def require_same_dtype(node: Node) -> None:
 
 
 def format_float(value: float) -> str:
-    """A float attribute as OpenVINO's serializer writes it: ``%.17g`` (``0.001``, ``0.10000000000000001``)."""
+    """A float attribute as OpenVINO's serializer writes it: ``%.17g``.
+
+    ``0.001`` stays ``0.001``; ``0.1`` becomes ``0.10000000000000001``.
+    """
     return f"{value:.17g}"
