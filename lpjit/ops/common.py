@@ -60,3 +60,10 @@ def format_float(value: float) -> str:
     ``0.001`` stays ``0.001``; ``0.1`` becomes ``0.10000000000000001``.
     """
     return f"{value:.17g}"
+
+
+def broadcasts_to(shape: Shape, target: Shape) -> bool:
+    """True if ``shape`` broadcasts to exactly ``target`` (numpy rules, one direction)."""
+    if len(shape) > len(target):
+        return False
+    return all(d in (1, t) for d, t in zip(reversed(shape), reversed(target)))
