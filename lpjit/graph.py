@@ -208,7 +208,10 @@ class Result(Node):
 
     @property
     def names(self) -> tuple[str, ...]:
-        """Output tensor names: the producer port's names, else the Result layer's name."""
+        """Output tensor names: the Result's own (IR v11 ``output_names``), else the producer
+        port's names, else the Result layer's name."""
+        if self.tensor_names and self.tensor_names[0]:
+            return self.tensor_names[0]
         return self.inputs[0].names or (self.origin.name,)
 
 

@@ -1,0 +1,3 @@
+"""The IR front end: OpenVINO IR (``.xml`` + ``.bin``) to ``Graph`` and back."""
+
+from lpjit.frontend.ir_reader import read_ir  # noqa: F401
