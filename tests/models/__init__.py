@@ -1,0 +1,1 @@
+"""Real-model builders (float ``ov.Model``) and NNCF low-precision variants for oracle tests."""
