@@ -102,4 +102,5 @@ def run(graph: Graph, inputs: Sequence[Any] | Mapping[str, Any]) -> list[np.ndar
     return [values[r.inputs[0]] for r in graph.results]
 
 
+from lpjit.reference import activations, normalization, quantize, reductions  # noqa: F401
 from lpjit.reference import core as _core  # noqa: E402,F401  (registers evaluators)
