@@ -246,7 +246,7 @@ class Constant(Node):
         array = np.asarray(array)
         element_type = element_type or dtypes.from_numpy(array.dtype)
         return cls(origin=origin, inputs=(), element_type=element_type,
-                   data=np.ascontiguousarray(array, dtype=element_type.numpy))
+                   data=np.ascontiguousarray(array, dtype=element_type.numpy).reshape(array.shape))
 
 
 def constant_value(value: Value) -> np.ndarray | None:
