@@ -269,9 +269,10 @@ class AxisActivation(Node):
     def normalized_axis(self) -> int:
         """``axis`` in ``[0, rank)``."""
         rank = self.input_type(0).rank
-        if self.axis < 0 and not self.allows_negative_axis:
-            raise self.error(f"axis {self.axis} is negative; {self.origin.type}-1 expects "
-                             f"0..{rank - 1} (negative axes need opset8)")
+        if not self.allows_negative_axis and not 0 <= self.axis < rank:
+            hint = " (negative axes need SoftMax-8)" if self.axis < 0 else ""
+            raise self.error(f"axis {self.axis} is out of range for rank {rank}; SoftMax-1 "
+                             f"expects 0..{rank - 1}{hint}")
         return normalize_axis(self, self.axis, rank)
 
     def infer(self) -> Sequence[TensorType]:
