@@ -126,7 +126,9 @@ def _parse(text: bytes) -> Element:
         root = SafeET.fromstring(text, forbid_dtd=True)
     except ParseError as e:
         line, column = e.position
-        raise IRReadError(f"malformed XML at line {line}, column {column}: {e.msg}") from None
+        reason = str(e).split(": line ")[0]
+        raise IRReadError(f"malformed XML at line {line}, column {column + 1}: {reason}"
+                          ) from None
     except defusedxml.DTDForbidden:
         raise IRReadError("the XML contains a DTD (<!DOCTYPE ...>); IR files have none and "
                           "DTDs are rejected for safety") from None
@@ -228,13 +230,13 @@ def _edge_end(edge: Element, layers: dict[str, Layer], side: str) -> tuple[Layer
     layer_id, port_id = edge.get(f"{side}-layer"), edge.get(f"{side}-port")
     shown = " ".join(f'{k}="{v}"' for k, v in edge.attrib.items())
     if layer_id not in layers:
-        raise GraphError(f"edge <{shown}> refers to layer {layer_id}, which does not exist")
+        raise GraphError(f"<edge {shown} /> refers to layer {layer_id}, which does not exist")
     layer = layers[layer_id]
     ports = layer.output_ports if side == "from" else layer.input_ports
     if port_id not in ports:
         kind = "output" if side == "from" else "input"
         known = ", ".join(ports) or "none"
-        raise GraphError(f"edge <{shown}> refers to {kind} port {port_id}, which this layer "
+        raise GraphError(f"<edge {shown} /> refers to {kind} port {port_id}, which this layer "
                          f"does not have ({kind} ports: {known})", layer.origin)
     return layer, ports.index(port_id)
 
@@ -380,9 +382,9 @@ class _GraphBuilder:
             source = self.sources[(layer.id, position)]
             producer = self.built[source.layer_id]
             if source.index >= len(producer.output_types):
-                raise GraphError(f"output port {self.layers[source.layer_id].output_ports[source.index]} "
-                                 f"is used, but the op has {len(producer.output_types)} outputs",
-                                 producer.origin)
+                port = self.layers[source.layer_id].output_ports[source.index]
+                raise GraphError(f"output port {port} is used, but the op has "
+                                 f"{len(producer.output_types)} outputs", producer.origin)
             values.append(Value(producer, source.index))
         return values
 
