@@ -33,7 +33,7 @@ def constant_axes(node: Node, port: int, rank: int, what: str = "axes") -> tuple
     if data.ndim > 1:
         raise node.error(f"{what} (input {port}) has shape {data.shape}; expected a scalar "
                          "or a 1-D tensor")
-    axes = {normalize_axis(node, int(a), rank, what) for a in data.reshape(-1)}
+    axes = {normalize_axis(node, int(a), rank, "axis") for a in data.reshape(-1)}
     return tuple(sorted(axes))
 
 
