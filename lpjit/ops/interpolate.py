@@ -18,7 +18,7 @@ import numpy as np
 from lpjit.attributes import Attributes
 from lpjit.errors import UnsupportedOpError
 from lpjit.graph import Node, Shape, TensorType, constant_value, opclass
-from lpjit.ops.common import format_float, normalize_axes
+from lpjit.ops.common import format_float
 from lpjit.ops.nn import format_bool, format_ints
 from lpjit.ops.registry import register
 
@@ -107,12 +107,18 @@ class Interpolate(Node):
 
     @property
     def axes(self) -> tuple[int, ...]:
-        """The resized axes, normalised (all axes when there is no axes input)."""
+        """The resized axes (all axes when there is no axes input).
+
+        As in OpenVINO, axes must be in ``0..rank-1``: negative axes are rejected.
+        """
         rank = self.input_type(0).rank
         if len(self.inputs) <= self.axes_port:
             return tuple(range(rank))
-        values = self.constant_input(self.axes_port, "axes", integer=True)
-        return normalize_axes(self, values.tolist(), rank, "axes")
+        axes = tuple(self.constant_input(self.axes_port, "axes", integer=True).tolist())
+        if any(not 0 <= a < rank for a in axes) or len(set(axes)) != len(axes):
+            raise self.error(f"axes {axes} are invalid for data of rank {rank}; expected "
+                             f"distinct axes in 0..{rank - 1}")
+        return axes
 
     @property
     def scales(self) -> tuple[np.float32, ...]:

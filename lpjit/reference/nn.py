@@ -100,8 +100,12 @@ def _matmul(node: nn.MatMul, a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def lowest(dtype: np.dtype) -> float:
-    """The padding value of MaxPool: -inf for floats, the minimum for integers."""
-    return -np.inf if dtype.kind == "f" else np.iinfo(dtype).min
+    """The padding value of MaxPool: the lowest finite value of the type.
+
+    OpenVINO's CPU plugin returns it (not -inf) for a ceil-mode window that lies entirely in the
+    padding.
+    """
+    return float(np.finfo(dtype).min) if dtype.kind == "f" else int(np.iinfo(dtype).min)
 
 
 def _flat_windows(node: nn.Pool, x: np.ndarray, dilations: Sequence[int], fill: float
@@ -118,29 +122,38 @@ def _max_pool_v1(node: nn.MaxPoolV1, x: np.ndarray) -> np.ndarray:
 
 @evaluator(nn.MaxPoolV8, nn.MaxPoolV14)
 def _max_pool_v8(node: nn.MaxPoolV8, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Values and indices; an index is the first maximum's flat position from dim ``axis`` on."""
+    """Values and indices; an index is the first maximum's flat position from dim ``axis`` on.
+
+    A window entirely in the padding gives the lowest value and spatial position 0 (as
+    OpenVINO's CPU plugin).
+    """
     flat = _flat_windows(node, x, node.dilations, lowest(x.dtype))
     values = flat.max(axis=-1)
     position = np.unravel_index(flat.argmax(axis=-1), node.kernel)
     out = values.shape[2:]
     spatial = x.shape[2:]
     index = np.zeros(values.shape, np.int64)
+    in_padding = np.zeros(values.shape, bool)
     for axis, (k_index, s, d, pb) in enumerate(zip(position, node.strides, node.dilations,
                                                    node.pads_begin)):
         start = np.arange(out[axis]) * s - pb
-        start = start.reshape((-1,) + (1,) * (len(out) - axis - 1))
-        index = index * spatial[axis] + start + k_index * d
+        coordinate = start.reshape((-1,) + (1,) * (len(out) - axis - 1)) + k_index * d
+        in_padding |= (coordinate < 0) | (coordinate >= spatial[axis])
+        index = index * spatial[axis] + coordinate
+    index = np.where(in_padding, 0, index)
     plane = int(np.prod(spatial))
     batch, channels = x.shape[:2]
     offset = np.arange(batch * channels).reshape(batch, channels, *(1,) * len(out)) * plane
-    index = (index + offset) % int(np.prod(x.shape[node.flatten_axis:]))
-    return values, index
+    return values, (index + offset) % int(np.prod(x.shape[node.flatten_axis:]))
 
 
 @evaluator(nn.AvgPoolV1, nn.AvgPoolV14)
 def _avg_pool(node: nn.AvgPoolV1, x: np.ndarray) -> np.ndarray:
     """Window sums divided by the in-bounds count (``exclude_pad``, or no pads at all) or by the
-    kernel size (padding included, as OpenVINO: also for ceil-mode windows past the end)."""
+    kernel size (padding included, as OpenVINO: also for ceil-mode windows past the end).
+
+    A ceil-mode window with no in-bounds element gives 0/0 = NaN, as OpenVINO's CPU plugin.
+    """
     dilations = node.window_dilations()
     sums = _flat_windows(node, x.astype(np.float64), dilations, 0.0).sum(axis=-1)
     has_pads = any(node.pads_begin) or any(node.pads_end)
@@ -148,5 +161,5 @@ def _avg_pool(node: nn.AvgPoolV1, x: np.ndarray) -> np.ndarray:
         return sums / int(np.prod(node.kernel))
     ones = np.ones((1, 1, *x.shape[2:]))
     counts = _flat_windows(node, ones, dilations, 0.0).sum(axis=-1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(counts > 0, sums / np.maximum(counts, 1), 0.0)
+    with np.errstate(invalid="ignore"):
+        return sums / counts
