@@ -20,7 +20,7 @@ import mmap
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Union
+from typing import Union
 from xml.etree.ElementTree import Element, ParseError
 
 import attrs
@@ -29,6 +29,7 @@ import defusedxml.ElementTree as SafeET
 import numpy as np
 
 from lpjit.attributes import Attributes
+from lpjit.dtypes import DType
 from lpjit.errors import (
     BadAttributeError,
     GraphError,
@@ -294,7 +295,7 @@ class _Weights:
         array.flags.writeable = False
         return array
 
-    def constant(self, layer: Layer, element_type: Any, shape: tuple[int, ...],
+    def constant(self, layer: Layer, element_type: DType, shape: tuple[int, ...],
                  offset: int, size: int) -> np.ndarray:
         """The decoded constant at ``offset``; checks bounds before touching any data."""
         data = self.array(layer.origin)

@@ -196,3 +196,36 @@ def test_unreachable_layers_are_dropped(tmp_path):
     graph = lpjit.read_ir(text)
     assert [n.origin.name for n in graph.nodes] == ["x", "kept", "r_kept"]
     assert isinstance(graph.parameters[0], Parameter)
+
+
+def test_legacy_sections_and_rt_info_are_ignored(tmp_path):
+    """<meta_data>, <quantization_parameters> and rt_info (model, layer, port) are skipped."""
+    xml = oracle.save(_elementwise_model(seed=8), tmp_path)
+    text = xml.read_text()
+    text = text.replace("<layers>", "<meta_data><MO_version value='x'/><cli_parameters>"
+                        "<input value='x'/></cli_parameters></meta_data>\n"
+                        "<quantization_parameters><config>{}</config>"
+                        "</quantization_parameters>\n<layers>", 1)
+    text = text.replace('<port id="0" precision="FP32" names="x">',
+                        '<port id="0" precision="FP32" names="x"><rt_info>'
+                        '<attribute name="layout" version="0" layout="[N,C,H]"/></rt_info>', 1)
+    text = text.replace('<data auto_broadcast="numpy" />', '<data auto_broadcast="numpy" />'
+                        '<rt_info><attribute name="fused_names" version="0" value="a"/>'
+                        '</rt_info>', 1)
+    graph = lpjit.read_ir(text, xml.with_suffix(".bin").read_bytes())
+    assert len(graph.nodes) == len(lpjit.read_ir(xml).nodes)
+    assert graph.parameters[0].output.names == ("x",)
+
+
+def test_result_output_names_take_precedence(tmp_path):
+    """A v11 Result's output_names name the model output, even if the producer's differ."""
+    xml = oracle.save(_elementwise_model(seed=9), tmp_path)
+    text = xml.read_text()
+    assert 'output_names="scaled_out"' in text
+    graph = lpjit.read_ir(text.replace('output_names="scaled_out"', 'output_names="renamed"'),
+                          xml.with_suffix(".bin").read_bytes())
+    assert graph.results[0].names == ("renamed",)
+    assert graph.results[0].inputs[0].names == ("scaled_out",)
+    without = lpjit.read_ir(text.replace('output_names="scaled_out"', ""),
+                            xml.with_suffix(".bin").read_bytes())
+    assert without.results[0].names == ("scaled_out",)
