@@ -229,3 +229,34 @@ def test_result_output_names_take_precedence(tmp_path):
     without = lpjit.read_ir(text.replace('output_names="scaled_out"', ""),
                             xml.with_suffix(".bin").read_bytes())
     assert without.results[0].names == ("scaled_out",)
+
+
+def _chain_xml(length: int) -> str:
+    """x -> Add(x, x) -> Add(prev, x) ... (``length`` Adds), layers listed in reverse order."""
+    port = '<port id="{}" precision="FP32"><dim>2</dim></port>'
+    layers = ['<layer id="0" name="x" type="Parameter" version="opset1">'
+              '<data shape="2" element_type="f32"/><output>' + port.format(0) + "</output>"
+              "</layer>"]
+    edges = []
+    for i in range(1, length + 1):
+        layers.append(f'<layer id="{i}" name="add{i}" type="Add" version="opset1"><input>'
+                      + port.format(0) + port.format(1) + "</input><output>" + port.format(2)
+                      + "</output></layer>")
+        edges.append(f'<edge from-layer="{i - 1}" from-port="{0 if i == 1 else 2}" '
+                     f'to-layer="{i}" to-port="0"/>')
+        edges.append(f'<edge from-layer="0" from-port="0" to-layer="{i}" to-port="1"/>')
+    result = length + 1
+    layers.append(f'<layer id="{result}" name="out" type="Result" version="opset1"><input>'
+                  + port.format(0) + "</input></layer>")
+    edges.append(f'<edge from-layer="{length}" from-port="2" to-layer="{result}" to-port="0"/>')
+    return (f'<?xml version="1.0"?><net name="chain" version="10"><layers>'
+            f'{"".join(reversed(layers))}</layers><edges>{"".join(edges)}</edges></net>')
+
+
+def test_deep_chain_needs_no_recursion():
+    """A 5000-layer chain (deeper than Python's recursion limit) in reverse document order."""
+    graph = lpjit.read_ir(_chain_xml(5000))
+    assert len(graph.nodes) == 5002
+    assert [n.origin.name for n in graph.nodes[:3]] == ["x", "add1", "add2"]
+    x = np.random.default_rng(12).standard_normal(2).astype(np.float32)
+    np.testing.assert_allclose(reference.run(graph, [x])[0], x * 5001, rtol=1e-4)
