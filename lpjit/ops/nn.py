@@ -149,8 +149,8 @@ class SlidingWindow(Node):
     def check_window(self, kernel: Sequence[int], dilations: Sequence[int]) -> None:
         """Every per-axis list has one entry per spatial dim; strides/dilations/kernel > 0."""
         n = self.spatial_rank
-        lists = {"strides": self.strides, "dilations": dilations, "pads_begin": self.pads_begin,
-                 "pads_end": self.pads_end, "kernel": kernel}
+        lists = {"kernel": kernel, "strides": self.strides, "dilations": dilations,
+                 "pads_begin": self.pads_begin, "pads_end": self.pads_end}
         for name, values in lists.items():
             if len(values) != n:
                 raise self.error(f"{name}={tuple(values)} has {len(values)} entries; expected "
