@@ -2,7 +2,8 @@
 
 Inputs: ``data`` and ``axes``, a constant i32/i64 scalar or 1-D tensor whose entries may be
 negative (``-1`` is the last axis), may repeat (counted once, as OpenVINO does) and may be
-empty (the reduction is then the identity).  ``keep_dims`` keeps reduced axes as size 1.
+empty (each element is then reduced alone: the identity, ``|x|`` for ReduceL2).  ``keep_dims``
+keeps reduced axes as size 1.
 """
 
 from __future__ import annotations

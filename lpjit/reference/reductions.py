@@ -56,10 +56,11 @@ _REDUCE: dict[type, Callable[[np.ndarray, Axes], np.ndarray]] = {
 
 @evaluator(*_REDUCE)
 def _reduce(node: red.Reduce, x: np.ndarray, axes_input: np.ndarray) -> np.ndarray:
-    """Reduce with kept dims, then drop the reduced axes unless ``keep_dims``."""
+    """Reduce with kept dims, then drop the reduced axes unless ``keep_dims``.
+
+    Empty axes reduce each element alone: the identity, except ReduceL2 which gives ``|x|``.
+    """
     axes = node.axes
-    if not axes:
-        return x
     x = compute_type(x)
     with np.errstate(over="ignore", invalid="ignore"):
         y = _REDUCE[type(node)](x, axes)

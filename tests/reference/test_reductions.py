@@ -65,12 +65,15 @@ def test_reduce_matches_float64_numpy(cls, axes, normalized, keep_dims):
     np.testing.assert_allclose(y, expected, rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.parametrize("cls", list(NUMPY64), ids=lambda c: c.__name__)
 @pytest.mark.parametrize("keep_dims", [False, True])
-def test_empty_axes_is_the_identity(keep_dims):
+def test_empty_axes_reduce_each_element_alone(cls, keep_dims):
+    """No axes: every element is its own group, so the result is x (|x| for ReduceL2)."""
     x = np.random.default_rng(11).normal(size=(2, 3)).astype(np.float32)
-    node = reduce_node(red.ReduceSum, x.shape, np.array([], np.int64), keep_dims)
+    node = reduce_node(cls, x.shape, np.array([], np.int64), keep_dims)
     assert node.output_types[0].shape == (2, 3)
-    np.testing.assert_array_equal(evaluate(node, x), x)
+    expected = np.abs(x) if cls is red.ReduceL2 else x
+    np.testing.assert_array_equal(evaluate(node, x), expected)
 
 
 def test_integer_sum_and_product_wrap_in_the_element_type():
