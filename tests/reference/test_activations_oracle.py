@@ -69,9 +69,10 @@ def test_unary(tmp_path, make, cls, shape):
 
 
 @pytest.mark.parametrize("mode", ["erf", "tanh"])
-def test_gelu_v7(tmp_path, mode):
+@pytest.mark.parametrize("version", [11, 10])
+def test_gelu_v7(tmp_path, mode, version):
     model = one_op((2, 3, 8), lambda x: opset7.gelu(x, mode))
-    check(model, tmp_path, act.GeluV7, inputs=uniform((2, 3, 8), -5, 5))
+    check(model, tmp_path, act.GeluV7, inputs=uniform((2, 3, 8), -5, 5), version=version)
 
 
 @pytest.mark.parametrize("low, high", [(-1.0, 2.5), (0.0, 6.0), (-0.3, -0.1), (0.1, 0.1)])
@@ -105,9 +106,10 @@ def test_swish(tmp_path, beta):
 
 
 @pytest.mark.parametrize("axis", [0, 1, 2, 3])
-def test_softmax_v1(tmp_path, axis):
+@pytest.mark.parametrize("version", [11, 10])
+def test_softmax_v1(tmp_path, axis, version):
     model = one_op((2, 3, 4, 5), lambda x: opset1.softmax(x, axis))
-    check(model, tmp_path, act.SoftmaxV1, inputs=uniform((2, 3, 4, 5), -6, 6))
+    check(model, tmp_path, act.SoftmaxV1, inputs=uniform((2, 3, 4, 5), -6, 6), version=version)
 
 
 @pytest.mark.parametrize("shape, axis", [((2, 3, 4, 5), -1), ((2, 3, 4, 5), -3),

@@ -6,6 +6,7 @@ swapped mode fails.  rtol 1e-4, atol 1e-5.
 
 from __future__ import annotations
 
+import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -32,10 +33,11 @@ def layer_data(xml: Path, layer_id: str) -> dict[str, str]:
     return dict(data.attrib) if data is not None else {}
 
 
-def check(tmp_path: Path, output: ov.Node, x: ov.Node, cls: type[Node]) -> Node:
+def check(tmp_path: Path, output: ov.Node, x: ov.Node, cls: type[Node], version: int = 11
+          ) -> Node:
     """Compare one op with OpenVINO; it must read back as one ``cls`` with matching to_ir."""
     model = ov.Model([opset1.result(output)], [x], "norm")
-    oracle.compare_with_openvino(model, tmp_path)
+    oracle.compare_with_openvino(model, tmp_path, version=version)
     xml = tmp_path / "model.xml"
     (node,) = [n for n in lpjit.read_ir(xml).nodes if type(n) is cls]
     assert node.to_ir() == layer_data(xml, node.origin.layer_id)
@@ -49,10 +51,37 @@ def parameter(shape: tuple[int, ...] = SHAPE) -> ov.Node:
 @pytest.mark.parametrize("across", [True, False])
 @pytest.mark.parametrize("normalize_variance", [True, False])
 @pytest.mark.parametrize("eps", [1e-9, 0.5])
-def test_mvn2(tmp_path, across, normalize_variance, eps):
+@pytest.mark.parametrize("version", [11, 10])
+def test_mvn2(tmp_path, across, normalize_variance, eps, version):
     x = parameter()
-    node = check(tmp_path, opset2.mvn(x, across, normalize_variance, eps), x, norm.MVNV2)
+    node = check(tmp_path, opset2.mvn(x, across, normalize_variance, eps), x, norm.MVNV2,
+                 version)
     assert node.axes == ((1, 2, 3) if across else (2, 3))
+
+
+@pytest.mark.parametrize("across, reduction_axes, expected_axes", [
+    ("false", "1, 2, 3", (1, 2, 3)), ("true", "2, 3", (2, 3)), ("false", "3", (2, 3)),
+    ("true", None, (1, 2, 3)),
+])
+def test_mvn2_reduction_axes_decide_across_channels(tmp_path, across, reduction_axes,
+                                                    expected_axes):
+    """Hand-edited XML where reduction_axes and across_channels disagree: OpenVINO normalizes
+    over 1.. when reduction_axes holds axis 1, else over 2.. (a partial list such as "3" is
+    not honoured); without reduction_axes, across_channels decides."""
+    x = parameter()
+    model = ov.Model([opset1.result(opset2.mvn(x, True, True, 0.5))], [x], "mvn")
+    xml = oracle.save(model, tmp_path)
+    text = xml.read_text()
+    text = re.sub(r'across_channels="\w+"', f'across_channels="{across}"', text)
+    replacement = "" if reduction_axes is None else f' reduction_axes="{reduction_axes}"'
+    xml.write_text(re.sub(r' reduction_axes="[^"]*"', replacement, text))
+    inputs = oracle.random_inputs(model, seed=6)
+    expected = oracle.ov_run(xml, inputs)[0]
+    np.testing.assert_allclose(oracle.lpjit_reference(xml, inputs)[0], expected, rtol=1e-4,
+                               atol=1e-5)
+    (node,) = [n for n in lpjit.read_ir(xml).nodes if isinstance(n, norm.MVNV2)]
+    assert node.axes == expected_axes
+    assert node.to_ir() == layer_data(xml, node.origin.layer_id)
 
 
 def test_mvn2_rank3(tmp_path):
@@ -109,9 +138,10 @@ def _bn_constants(channels: int, seed: int) -> list[ov.Node]:
                                         (opset5, norm.BatchNormInferenceV5)])
 @pytest.mark.parametrize("shape", [SHAPE, (2, 3), (1, 3, 6)])
 def test_batch_norm_inference(tmp_path, opset, cls, shape):
-    """The Python API takes data first for both versions; v1's XML puts it on port 2."""
+    """The Python API takes data first for both versions; v1's XML puts it on port 2.
+    The rank-3 case is saved as IR v10."""
     x = parameter(shape)
     gamma, beta, mean, variance = _bn_constants(3, len(shape))
     bn = opset.batch_norm_inference(x, gamma, beta, mean, variance, 0.05)
-    node = check(tmp_path, bn, x, cls)
+    node = check(tmp_path, bn, x, cls, version=10 if len(shape) == 3 else 11)
     assert node.inputs[node.port("data")].node.origin.name == "x"
