@@ -280,8 +280,9 @@ class Broadcast(Node):
         if self.mode == "explicit" and len(self.inputs) != 3:
             raise self.error("explicit mode needs input 2 (axes mapping)")
         target = integer_input(self, 1, "target shape", ranks=(1,))
-        mapping = integer_input(self, 2, "axes mapping", ranks=(1,)) \
-            if self.mode == "explicit" else ()
+        mapping: tuple[int, ...] = ()
+        if self.mode == "explicit":
+            mapping = integer_input(self, 2, "axes mapping", ranks=(1,))
         data = self.input_type(0)
         return [TensorType(data.dtype, self.output_shape(data.shape, target, mapping))]
 

@@ -88,8 +88,9 @@ class StridedSlice(Node):
     def infer(self) -> Sequence[TensorType]:
         begin = integer_input(self, 1, "begin", ranks=(1,))
         end = integer_input(self, 2, "end", ranks=(1,))
-        strides = integer_input(self, 3, "strides", ranks=(1,)) if len(self.inputs) == 4 \
-            else (1,) * len(begin)
+        strides = (1,) * len(begin)
+        if len(self.inputs) == 4:
+            strides = integer_input(self, 3, "strides", ranks=(1,))
         data = self.input_type(0)
         return [TensorType(data.dtype, self.plan(data.shape, begin, end, strides).shape)]
 
