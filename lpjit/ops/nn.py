@@ -421,6 +421,11 @@ class AvgPoolV1(Pool):
         if not self.input_type(0).dtype.is_float:
             raise self.error(f"input has element type {self.input_type(0).dtype}; expected a "
                              "float type")
+        for axis, (k, pb, pe) in enumerate(zip(self.kernel, self.pads_begin, self.pads_end)):
+            if self.exclude_pad and not (k > pb and k > pe):
+                raise self.error(f"spatial axis {axis}: with exclude-pad the kernel ({k}) must "
+                                 f"be larger than both pads ({pb}, {pe}), or some windows lie "
+                                 "entirely in the padding")
         return [TensorType(self.input_type(0).dtype, shape)]
 
 

@@ -109,7 +109,7 @@ POOL_CASES = [
     ((1, 3, 7, 6), (3, 2), (2, 1), (2, 1), (1, 0), (1, 1), "ceil"),
     ((2, 2, 6, 7), (3, 3), (2, 2), (1, 2), (1, 1), (2, 0), "ceil_torch"),
     ((1, 2, 11), (4,), (3,), (2,), (1,), (2,), "floor"),
-    ((1, 2, 5, 4, 6), (2, 1, 3), (1, 2, 2), (1, 1, 2), (1, 0, 1), (0, 1, 1), "ceil"),
+    ((1, 2, 5, 4, 6), (2, 2, 3), (1, 2, 2), (1, 1, 2), (1, 0, 1), (0, 1, 1), "ceil"),
 ]
 
 
@@ -181,6 +181,9 @@ def test_avg_pool_window_with_no_input_element_is_nan():
      r"rounding_type 'ceil_torch' is invalid; expected one of floor, ceil"),
     (nn.AvgPoolV1, (1, 2, 3, 9), {"kernel": (5, 3)},
      r"spatial axis 0: the dilated kernel \(5\) is larger than the padded input"),
+    (nn.AvgPoolV1, (1, 2, 9, 9), {"kernel": (2, 3), "pads_end": (0, 3), "exclude_pad": True},
+     (r"spatial axis 1: with exclude-pad the kernel \(3\) must be larger than both pads "
+     r"\(0, 3\)")),
 ])
 def test_bad_pools_are_rejected_naming_the_layer(cls, shape, fields, message):
     with pytest.raises(ShapeError, match=rf"^{IR_NAMES[cls][0]} 'pool' \(layer 4\): {message}"):
