@@ -128,5 +128,7 @@ def _interpolate(node: ops.Interpolate, data: np.ndarray, *_: np.ndarray) -> np.
         c = source_coordinates(node.coordinate_transformation_mode, out_len, in_len, scale)
         y = resample_axis(y, axis, TAPS[node.mode](node, c, in_len, scale))
     if data.dtype.kind in "iu":
-        y = np.round(y)
+        # Half to even, then saturated to the type: OpenVINO's CPU plugin (cubic undershoots).
+        info = np.iinfo(data.dtype)
+        y = np.clip(np.round(y), info.min, info.max)
     return y

@@ -240,3 +240,27 @@ def test_pads_are_zeros_resized_with_the_data():
     x = np.array([[3.0, 4.0, 5.0]], np.float32)
     node = v11(x.shape, [5], [1], pads_begin=(0, 1), pads_end=(0, 1))
     np.testing.assert_array_equal(resize(node, x), [[0, 3, 4, 5, 0]])
+
+
+def test_integer_data_rounds_half_to_even():
+    """Sources 0, .25, .5, .75, 1 between 0 and 2 give 0, .5, 1, 1.5, 2: ties go to even."""
+    x = np.array([[0, 2]], np.int32)
+    node = ops.InterpolateV11(origin=origin("Interpolate"), inputs=(
+        parameter(x.shape, dtypes.i32), constant([5], np.int64), constant([1], np.int64)),
+        mode="linear_onnx", shape_calculation_mode="sizes",
+        coordinate_transformation_mode="align_corners")
+    y = resize(node, x)
+    assert y.dtype == np.int32
+    np.testing.assert_array_equal(y, [[0, 0, 1, 2, 2]])
+
+
+def test_integer_data_saturates():
+    """Cubic overshoots a step; u8 results are clamped to 0..255, not wrapped."""
+    x = np.array([[0, 0, 255, 255]], np.uint8)
+    node = ops.InterpolateV11(origin=origin("Interpolate"), inputs=(
+        parameter(x.shape, dtypes.u8), constant([7], np.int64), constant([1], np.int64)),
+        mode="cubic", shape_calculation_mode="sizes")
+    y = resize(node, x)
+    unclamped = resize(v11(x.shape, [7], [1], mode="cubic"), x.astype(np.float32))
+    assert unclamped.min() < 0 and unclamped.max() > 255
+    np.testing.assert_array_equal(y, np.clip(np.round(unclamped), 0, 255))

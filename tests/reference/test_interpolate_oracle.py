@@ -78,6 +78,18 @@ def test_axes_pads_and_ranks(tmp_path, mode, version, shape, target, axes, pads,
     oracle.compare_with_openvino(m, tmp_path)
 
 
+@pytest.mark.parametrize("mode", ["linear", "linear_onnx", "cubic"])
+@pytest.mark.parametrize("dtype", [np.uint8, np.int32])
+def test_integer_data(tmp_path, mode, dtype):
+    x = opset1.parameter((1, 2, 4, 6), dtype, name="x")
+    node = opset11.interpolate(x, opset1.constant(np.array([7, 11], np.int64)), mode=mode,
+                               shape_calculation_mode="sizes",
+                               coordinate_transformation_mode="align_corners",
+                               axes=opset1.constant(np.array([2, 3], np.int64)))
+    values = np.random.default_rng(5).integers(0, 100, (1, 2, 4, 6)).astype(dtype)
+    oracle.compare_with_openvino(ov.Model([node], [x]), tmp_path, inputs=[values])
+
+
 @pytest.mark.parametrize("attributes, message", [
     ({"mode": "bilinear_pillow"}, r"mode 'bilinear_pillow' is not supported by lpjit"),
     ({"mode": "bicubic_pillow"}, r"mode 'bicubic_pillow' is not supported by lpjit"),
