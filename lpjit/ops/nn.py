@@ -418,9 +418,6 @@ class AvgPoolV1(Pool):
 
     def infer(self) -> Sequence[TensorType]:
         shape = self.output_shape()
-        if not self.input_type(0).dtype.is_float:
-            raise self.error(f"input has element type {self.input_type(0).dtype}; expected a "
-                             "float type")
         for axis, (k, pb, pe) in enumerate(zip(self.kernel, self.pads_begin, self.pads_end)):
             if self.exclude_pad and not (k > pb and k > pe):
                 raise self.error(f"spatial axis {axis}: with exclude-pad the kernel ({k}) must "

@@ -153,13 +153,16 @@ def _avg_pool(node: nn.AvgPoolV1, x: np.ndarray) -> np.ndarray:
     kernel size (padding included, as OpenVINO: also for ceil-mode windows past the end).
 
     A ceil-mode window with no in-bounds element gives 0/0 = NaN, as OpenVINO's CPU plugin.
+    Integer means are rounded half to even.
     """
     dilations = node.window_dilations()
     sums = _flat_windows(node, x.astype(np.float64), dilations, 0.0).sum(axis=-1)
     has_pads = any(node.pads_begin) or any(node.pads_end)
     if has_pads and not node.exclude_pad:
-        return sums / int(np.prod(node.kernel))
-    ones = np.ones((1, 1, *x.shape[2:]))
-    counts = _flat_windows(node, ones, dilations, 0.0).sum(axis=-1)
+        counts: np.ndarray | int = int(np.prod(node.kernel))
+    else:
+        ones = np.ones((1, 1, *x.shape[2:]))
+        counts = _flat_windows(node, ones, dilations, 0.0).sum(axis=-1)
     with np.errstate(invalid="ignore"):
-        return sums / counts
+        means = sums / counts
+    return np.round(means) if x.dtype.kind in "iu" else means

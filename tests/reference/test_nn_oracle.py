@@ -171,3 +171,15 @@ def test_avg_pool_1d_and_3d(tmp_path, shape, kernel, strides, pb, pe, exclude_pa
     x = opset1.parameter(shape, np.float32, name="x")
     pool = opset1.avg_pool(x, strides, pb, pe, kernel, exclude_pad, rounding_type="ceil")
     oracle.compare_with_openvino(model([pool], x), tmp_path)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int8, np.int32])
+def test_pools_on_integer_data(tmp_path, dtype):
+    """Integer MaxPool pads with the type's minimum; integer AvgPool rounds half to even."""
+    x = opset1.parameter((1, 2, 5, 6), dtype, name="x")
+    max_pool = opset8.max_pool(x, (2, 2), (1, 1), (0, 0), (1, 1), (2, 2), rounding_type="ceil")
+    avg_pool = opset1.avg_pool(x, (1, 2), (0, 1), (0, 1), (2, 2), True)
+    low = 0 if dtype == np.uint8 else -50
+    values = np.random.default_rng(6).integers(low, 100, (1, 2, 5, 6)).astype(dtype)
+    outputs = [max_pool.output(0), max_pool.output(1), avg_pool.output(0)]
+    oracle.compare_with_openvino(model(outputs, x), tmp_path, inputs=[values])

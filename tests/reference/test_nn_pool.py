@@ -190,10 +190,14 @@ def test_bad_pools_are_rejected_naming_the_layer(cls, shape, fields, message):
         build(cls, shape, **fields)
 
 
-def test_avg_pool_rejects_integer_data():
-    with pytest.raises(ShapeError, match=r"input has element type i8; expected a float type"):
-        nn.AvgPoolV1(origin=origin("AvgPool"), inputs=(parameter((1, 2, 5), dtypes.i8),),
-                     kernel=(2,))
+def test_integer_avg_pool_rounds_half_to_even():
+    """Means 1.5, 2.5, 3.5, 4.5 and -1.5, -2.5 round to 2, 2, 4, 4 and -2, -2 (OpenVINO CPU)."""
+    pool = nn.AvgPoolV1(origin=origin("AvgPool"), inputs=(parameter((1, 1, 12), dtypes.i32),),
+                        kernel=(2,), strides=(2,))
+    x = np.array([[[1, 2, 2, 3, 3, 4, 4, 5, -1, -2, -2, -3]]], np.int32)
+    (y,) = evaluate_node(pool, [x])
+    assert y.dtype == np.int32
+    np.testing.assert_array_equal(y, [[[2, 2, 4, 4, -2, -2]]])
 
 
 def test_ceil_torch_is_a_v14_attribute_value():
