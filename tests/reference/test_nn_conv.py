@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 
+import attrs
 import numpy as np
 import pytest
 
@@ -88,6 +89,17 @@ def test_empty_strides_dilations_and_pads_mean_ones_and_zeros():
     assert (conv.strides, conv.dilations, conv.pads_begin, conv.pads_end) == ((1,), (1,), (0,),
                                                                               (0,))
     assert conv.output_types[0].shape == (1, 4, 7)
+
+
+def test_rebuilding_on_a_new_input_shape_re_resolves_auto_pads():
+    """Passes rebuild nodes with attrs.evolve: same_upper pads follow the new input size."""
+    w = weights((4, 3, 3, 3))
+    conv = build(nn.Convolution, parameter((1, 3, 8, 8)), w, strides=(2, 2),
+                 auto_pad="same_upper")
+    assert (conv.pads_begin, conv.pads_end) == ((0, 0), (1, 1))
+    rebuilt = attrs.evolve(conv, inputs=(parameter((1, 3, 9, 9)), w))
+    assert (rebuilt.pads_begin, rebuilt.pads_end) == ((1, 1), (1, 1))
+    assert rebuilt.output_types[0].shape == (1, 4, 5, 5)
 
 
 def test_group_convolution_shapes_depthwise_and_3d():
