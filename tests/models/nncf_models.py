@@ -4,36 +4,46 @@
 seeded random inputs; ``compress_weights`` runs weight-only compression
 (``nncf.compress_weights``).  Both return a new ``ov.Model``; save it with ``oracle.save``.
 
-Patterns observed in the saved XML (OpenVINO 2026.4.1, NNCF 3.4.0; see also facts sheet §3):
+Patterns observed in the saved XML (OpenVINO 2026.4.1, NNCF 3.4.0, test-size models; see also
+facts sheet section 3):
 
-``quantize`` (defaults: preset PERFORMANCE, overflow fix FIRST_LAYER)
-    * FakeQuantize (levels 256, ``il == ol``, ``ih == oh``) on the inputs of weighted ops only:
-      the Parameter, ReLU/Clamp outputs, MaxPool/ReduceMean/AvgPool outputs feeding convs or
-      the head, residual branches feeding the next conv.  None on bias Adds or the output.
-    * Activation FQs are per-tensor scalars, except those feeding a depthwise GroupConvolution,
-      which are per-channel ``[1,C,1,1]``.
-    * Weights ``Const(i8) -> Convert(f32) -> Multiply(f32 scale [OC,1,1,1])`` (GroupConvolution
-      ``[G,1,1,1,1]``, MatMul ``[N,1]``), no Subtract; i8 in [-127, 127], the first conv
-      [-63, 63] (overflow fix).  Biases stay f32 Adds.
-    * ``compress_weights=False`` (``backend_params``) keeps ``Const(f32) -> FakeQuantize(levels
-      255, per-OC ranges)`` on the weights instead.
-    * ``preset=MIXED`` makes activation FQs on signed tensors asymmetric; ``overflow_fix=
-      DISABLE`` gives the first conv the full [-127, 127].
+``quantize`` with the defaults (preset PERFORMANCE, overflow fix FIRST_LAYER)
+    * Activation FQs (``<producer>/fq_output_0``, levels 256, ``il == ol``, ``ih == oh``) on the
+      Parameter, on ReLU/Clamp outputs before MaxPool or a conv, on the ReduceMean/AvgPool
+      output feeding the head, and on **both inputs of residual Adds** (ResNet: the conv2 and
+      shortcut bias Adds; MobileNetV2: the block output and the residual Add output).  None
+      on bias Adds feeding only a ReLU, on SoftMax, or on the model output.
+    * Ranges: ``[0, max]`` after ReLU/Clamp; signed tensors symmetric for i8
+      (``-il / ih = 128 / 127``).  Per-tensor scalars, except the FQ feeding a depthwise
+      GroupConvolution: per-channel ``[1,C,1,1]``.
+    * Weights ``Const(i8) -> Convert(f32) -> Multiply(f32 scale)``, no Subtract; scales
+      ``[OC,1,1,1]`` (Convolution), ``[G,1,1,1,1]`` (GroupConvolution ``[G,1,1,3,3]``),
+      ``[N,1]`` (MatMul).  i8 in [-127, 127]; the first conv in [-63, 63] (overflow fix).
+      Biases stay f32 Adds.
+    * ``compress_weights=False`` keeps ``Const(f32) -> FakeQuantize`` (``*/fq_weights_1``,
+      levels 255, per-OC ranges, ``il == ol``).  With the overflow fix the first conv's range
+      is ``+-2 max|w|``, which puts that channel's largest weight exactly on the rounding
+      midpoint 190.5 (or 63.5): OpenVINO and a half-to-even FQ may round it differently.
+    * ``preset=MIXED`` makes signed activation ranges asymmetric (e.g. ``[-6.24, 7.24]``;
+      some per-channel depthwise FQs get ``il = -8e-4``); ``overflow_fix=DISABLE`` gives the
+      first conv [-127, 127].
 
 ``quantize(model_type=TRANSFORMER)`` on ``bert_like``
-    * SmoothQuant Multiply (``*/nncf_smooth_quant``) before the FQs feeding Linear MatMuls.
-    * Signed asymmetric activation FQs; both inputs of Q K^T and attn V quantized (the Softmax
-      output with an unsigned range).  MVN, Gelu, SoftMax and residual Adds stay float.
+    * SmoothQuant Multiply (``*_0_0/nncf_smooth_quant``) before the FQs feeding Linear
+      MatMuls; one FQ feeds all of q/k/v.  Ranges signed, e.g. ``[-0.984, 0.992]``.
+    * Q K^T has both inputs quantized (FQs on the q and k bias Adds); **attn V is left in
+      float** (no FQ on SoftMax or v here).  MVN, Gelu, SoftMax and residual Adds stay float.
+    * Weights i8 [-127, 127], ``[N,1]`` f32 scales, no zero point.
 
-``compress_weights`` (MatMul weights ``[N, K]``, transpose_b)
+``compress_weights`` (MatMul weights ``[N, K]``, transpose_b; no ``decompression`` rt_info)
     * INT8_ASYM: ``Const(u8,[N,K]) -> Convert(f16)``, zero point ``Const(u8,[N,1]) ->
       Convert(f16)``, Subtract, Multiply(``Const(f16,[N,1])``), ``Convert(f32)``.
-    * INT8_SYM: ``Const(i8) -> Convert(f16) -> Multiply(f16 [N,1]) -> Convert(f32)``.
+    * INT8_SYM: ``Const(i8) -> Convert(f16) -> Multiply(f16 [N,1]) -> Convert(f32)``, full
+      range [-128, 127].  Every MatMul, the last one included.
     * INT4_SYM / INT4_ASYM with ``group_size=g``: ``Const(i4|u4,[N,K/g,g]) -> Convert(f16)
       [-> Subtract(Const(u4,[N,K/g,1]) -> Convert(f16))] -> Multiply(f16 [N,K/g,1]) ->
-      Reshape([N,K]) -> Convert(f32)``.
-    * The last MatMul (and embeddings) stay in the backup mode INT8_ASYM unless
-      ``all_layers=True``.
+      Reshape([N,K]) -> Convert(f32)``.  The last MatMul stays in the backup mode INT8_ASYM
+      (u8 + u8 zero point) unless ``all_layers=True``.
 """
 
 from __future__ import annotations
