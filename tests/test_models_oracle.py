@@ -81,3 +81,19 @@ def test_weight_storage_follows_compress_to_fp16(variant: str,
     assert kinds == ({dtypes.f16} if variant == "f16" else {dtypes.f32})
     weights = max(float_consts, key=lambda n: n.data.size)
     assert np.std(weights.data.astype(np.float32)) > 0.01, "weights should be random, not zeros"
+
+
+EXAMPLES = Path(lpjit.__file__).parent / "examples"
+
+
+@pytest.mark.parametrize(("name", "config"), [
+    ("resnet_tiny_fp32", oracle.F32_CONFIG), ("resnet_tiny_int8", oracle.FQ_AS_IS_CONFIG)])
+def test_bundled_example_matches_openvino(name: str, config: dict) -> None:
+    """The demo IRs (tools/make_example.py) run in lpjit's reference as in OpenVINO."""
+    xml = EXAMPLES / f"{name}.xml"
+    assert xml.with_suffix(".bin").stat().st_size < 200_000
+    inputs = oracle.random_inputs(ov.Core().read_model(str(xml)), seed=2)
+    expected = oracle.ov_run(xml, inputs, config)
+    actual = oracle.lpjit_reference(xml, inputs)
+    assert oracle.relative_l2(actual[0], expected[0]) < FLOAT_TOLERANCE
+    np.testing.assert_allclose(actual[0].sum(), 1.0, rtol=1e-5)  # SoftMax head
