@@ -23,6 +23,20 @@ _TABLE: dict[str, dict[int, type[Node]]] = {}
 # class -> (canonical IR type name, version) for the writer
 IR_NAMES: dict[type[Node], tuple[str, int]] = {}
 
+# Versions OpenVINO defines for ops that lpjit implements in more than one version (or whose
+# newer versions it does not implement).  A layer whose opset selects a version lpjit lacks
+# must fail, not silently run with an older version's semantics.
+OPENVINO_VERSIONS: dict[str, tuple[int, ...]] = {
+    "softmax": (1, 8), "maxpool": (1, 8, 14), "avgpool": (1, 14), "gather": (1, 7, 8),
+    "interpolate": (1, 4, 11), "mvn": (2, 6), "gelu": (2, 7), "squeeze": (1, 15),
+    "shapeof": (1, 3), "broadcast": (1, 3), "pad": (1, 12), "batchnorminference": (1, 5),
+    "topk": (1, 3, 11), "convert": (1,), "reducel2": (4,), "reducel1": (4,),
+    "nonmaxsuppression": (1, 3, 4, 5, 9, 13), "scatterelementsupdate": (3, 12),
+    "multinomial": (13,), "convertlike": (1,), "roialign": (3, 9, 15),
+    "deformableconvolution": (1, 8), "embeddingbagoffsets": (3, 15),
+    "embeddingbagpacked": (3, 15), "col2im": (15,), "stringtensorpack": (15,),
+}
+
 # OpenVINO's reader moves these ops from opset1 to opset2.
 _OPSET1_TO_OPSET2 = {"mvn", "roipooling", "reorgyolo"}
 
@@ -75,7 +89,14 @@ def lookup(origin: Origin) -> type[Node]:
         raise UnsupportedOpError(
             f"{origin.type} is not defined in {origin.version}; lpjit implements it from "
             f"{known}", origin)
-    return versions[max(candidates)]
+    chosen = max(candidates)
+    newer = [v for v in OPENVINO_VERSIONS.get(key, ()) if chosen < v <= opset]
+    if newer:
+        raise UnsupportedOpError(
+            f"{origin.type}-{max(newer)} (selected by {origin.version}) is not supported; "
+            f"lpjit implements {origin.type} versions "
+            f"{', '.join(str(v) for v in sorted(versions))}", origin)
+    return versions[chosen]
 
 
 def supported_types() -> list[str]:
