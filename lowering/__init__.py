@@ -1,0 +1,1 @@
+"""Loop-level IR: types, buffers, expressions, statements, kernels, and their companions."""

@@ -1,0 +1,148 @@
+"""Generic traversal of loop IR: children, walks, rewrites and substitution.
+
+Children are found from the attrs fields of a node (expressions, statements and tuples of
+them), so a new node class needs no visitor boilerplate.  Rewrites are memoised by node
+identity, so shared sub-expressions stay shared.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterator, Mapping
+from typing import TypeVar
+
+import attrs
+
+from lowering.loop_ir import (
+    Allocate,
+    Buffer,
+    Expr,
+    For,
+    Kernel,
+    Let,
+    Load,
+    LocalVar,
+    Stmt,
+    Store,
+    Var,
+)
+
+Node = TypeVar("Node", Expr, Stmt)
+
+
+def is_node(value: object) -> bool:
+    return isinstance(value, (Expr, Stmt))
+
+
+@functools.cache
+def _node_fields(cls: type) -> tuple[str, ...]:
+    return tuple(f.name for f in attrs.fields(cls) if f.init)
+
+
+def children(node: Expr | Stmt) -> list[Expr | Stmt]:
+    """The expressions and statements directly inside ``node``, in field order."""
+    out: list[Expr | Stmt] = []
+    for name in _node_fields(type(node)):
+        value = getattr(node, name)
+        if is_node(value):
+            out.append(value)
+        elif isinstance(value, tuple):
+            out.extend(v for v in value if is_node(v))
+    return out
+
+
+def map_children(node: Node, fn: Callable[[Expr | Stmt], Expr | Stmt]) -> Node:
+    """``node`` with ``fn`` applied to each direct child; ``node`` itself if nothing changed."""
+    changes = {}
+    for name in _node_fields(type(node)):
+        value = getattr(node, name)
+        if is_node(value):
+            new = fn(value)
+            if new is not value:
+                changes[name] = new
+        elif isinstance(value, tuple) and any(is_node(v) for v in value):
+            new_tuple = tuple(fn(v) if is_node(v) else v for v in value)
+            if any(a is not b for a, b in zip(new_tuple, value)):
+                changes[name] = new_tuple
+    return attrs.evolve(node, **changes) if changes else node
+
+
+def walk(node: Expr | Stmt) -> Iterator[Expr | Stmt]:
+    """Every node reachable from ``node``, pre-order, each shared node once."""
+    seen: set[int] = set()
+    stack = [node]
+    while stack:
+        current = stack.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        yield current
+        stack.extend(reversed(children(current)))
+
+
+def rewrite(node: Node, fn: Callable[[Expr | Stmt], Expr | Stmt | None]) -> Node:
+    """Bottom-up rewrite: ``fn`` sees each node with rewritten children; ``None`` keeps it."""
+    memo: dict[int, Expr | Stmt] = {}
+
+    def visit(current: Expr | Stmt) -> Expr | Stmt:
+        key = id(current)
+        if key not in memo:
+            rebuilt = map_children(current, visit)
+            replaced = fn(rebuilt)
+            memo[key] = rebuilt if replaced is None else replaced
+        return memo[key]
+
+    return visit(node)
+
+
+def substitute(node: Node, mapping: Mapping[Var, Expr]) -> Node:
+    """``node`` with every occurrence of the variables in ``mapping`` replaced."""
+    if not mapping:
+        return node
+    return rewrite(node, lambda n: mapping.get(n) if isinstance(n, Var) else None)
+
+
+def binders(stmt: Stmt) -> Var | None:
+    """The variable a statement binds (``For``, ``Let``, ``LocalVar``), else ``None``."""
+    return stmt.var if isinstance(stmt, (For, Let, LocalVar)) else None
+
+
+def free_vars(node: Expr | Stmt) -> list[Var]:
+    """Variables used in ``node`` but bound outside it, in first-use order."""
+    bound = {id(b) for n in walk(node) if isinstance(n, Stmt) and (b := binders(n)) is not None}
+    out, seen = [], set()
+    for n in walk(node):
+        if isinstance(n, Var) and id(n) not in bound and id(n) not in seen:
+            seen.add(id(n))
+            out.append(n)
+    return out
+
+
+def buffers_used(node: Expr | Stmt) -> list[Buffer]:
+    """Buffers loaded, stored or allocated in ``node``, in first-use order."""
+    out: list[Buffer] = []
+    seen: set[int] = set()
+    for n in walk(node):
+        if isinstance(n, (Load, Store, Allocate)) and id(n.buffer) not in seen:
+            seen.add(id(n.buffer))
+            out.append(n.buffer)
+    return out
+
+
+def allocated_buffers(node: Stmt) -> list[Buffer]:
+    """Buffers allocated (``Allocate``) inside ``node``."""
+    return [n.buffer for n in walk(node) if isinstance(n, Allocate)]
+
+
+def constants_of(kernel: Kernel) -> list[Buffer]:
+    """Root buffers of role ``constant`` that ``kernel`` reads and does not take as parameters.
+
+    These are the constants the code generators embed (or bind by symbol) themselves.
+    """
+    params = {id(p.root) for p in kernel.buffer_params}
+    out: list[Buffer] = []
+    for buffer in buffers_used(kernel.body):
+        root = buffer.root
+        if root.role == "constant" and id(root) not in params and all(root is not b for b in out):
+            out.append(root)
+    return out
