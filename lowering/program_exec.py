@@ -8,6 +8,7 @@ with the native whole-program entry point (code generation and memory-planning b
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -24,6 +25,20 @@ def numba_compiler(kernel: Kernel) -> Callable[..., None]:
     from lowering.numba_exec import compile_numba
 
     return compile_numba(kernel)
+
+
+def llvm_compiler(kernel: Kernel) -> Callable[..., None]:
+    """The LLVM path on one kernel (vectorized, O3, host CPU), run single-threaded."""
+    library = _jit_engine().compile_kernels([kernel])
+    return functools.partial(library.get_function(kernel.name), threads=1)
+
+
+@functools.cache
+def _jit_engine():
+    """The host JIT engine, made once (runtime.jit is imported lazily: it loads LLVM)."""
+    from runtime.jit import JitEngine
+
+    return JitEngine()
 
 
 def _argument(buffer: Buffer, memory: dict[int, np.ndarray]) -> np.ndarray:
@@ -54,11 +69,23 @@ def run_program(program: Program, inputs: Sequence[np.ndarray],
             memory[id(root)] = root.data
         else:
             # Never zeros: a kernel that reads before writing should not pass by luck.
-            memory[id(root)] = np.full(max(root.span, 1), _poison(root), root.dtype.numpy)
+            memory[id(root)] = _aligned_full(max(root.span, 1), _poison(root), root.dtype.numpy)
     for step in program.steps:
         fn = compile_kernel(step.kernel)
         fn(*(_argument(p, memory) for p in step.kernel.params))
     return [_argument(b, memory).reshape(b.shape).copy() for b in program.outputs]
+
+
+def _aligned_full(size: int, fill: float, dtype: np.dtype, alignment: int = 64
+                  ) -> np.ndarray:
+    """A 1-D array of ``size`` elements filled with ``fill``, its data ``alignment``-aligned
+    (the memory planner's guarantee, which kernels may assume)."""
+    itemsize = np.dtype(dtype).itemsize
+    raw = np.empty(size * itemsize + alignment, np.uint8)
+    start = -raw.ctypes.data % alignment
+    array = raw[start:start + size * itemsize].view(dtype)
+    array[...] = fill
+    return array
 
 
 def _poison(buffer: Buffer) -> float | int:
