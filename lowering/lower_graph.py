@@ -219,12 +219,19 @@ def _lower_group(ctx: LoweringContext, group: Group) -> list[Step]:
 
 
 def make_kernel(b: lb.KernelBuilder) -> Kernel:
-    """Finish a kernel whose body uses program buffers directly: its parameters become every
-    buffer it touches (views included) except constants, which kernels embed, in first-use
-    order."""
+    """Finish a kernel whose body uses program buffers directly: its parameters become the
+    root of every buffer it touches except constants, which kernels embed, in first-use order.
+
+    A view is passed as its root (both executors address a view through its root's memory,
+    ``root_offset`` included), so two views of one root never become two aliasing parameters.
+    """
     kernel = b.build(verify=False)
-    params = [buf for buf in buffers_used(kernel.body)
-              if buf.root.role != "constant" and not _allocated(kernel, buf)]
+    params: list[Buffer] = []
+    for buf in buffers_used(kernel.body):
+        root = buf.root
+        if root.role != "constant" and not _allocated(kernel, buf) and all(
+                root is not p for p in params):
+            params.append(root)
     from lowering.verifier import verify_kernel
 
     return verify_kernel(attrs.evolve(kernel, params=tuple(params)))
