@@ -1,0 +1,572 @@
+"""``lower_kernels_to_llvm``: loop IR -> an ``llvmlite.ir`` module, one function per kernel.
+
+Pipeline per kernel: ``verify_kernel`` -> ``vectorize_loops`` -> ``verify_kernel`` -> emit.
+
+ABI: ``void @name(ptr noalias A, ..., <scalars>, i32 threads)``; buffer pointers address the
+root memory of each parameter; constants are private globals (embedded) or external symbols
+the JIT binds to the numpy data (large ones, to keep the IR text small).  Loops are basic
+blocks with a phi; ``unrolled`` loops are emitted ``extent`` times; ``parallel`` loops are
+outlined into a chunk function (``noalias`` arguments, ``[begin, end)``) called from a worker
+that ``GOMP_parallel`` runs on every thread with a static partition of the iteration space
+(``threads == 1`` calls the chunk directly; without OpenMP the loop runs serially).  Fast-math
+flags are only those listed on the kernel.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+
+import attrs
+import numpy as np
+from llvmlite import ir
+
+from lowering.codegen_microkernels import MICROKERNEL_EMITTERS
+from lowering.codegen_ops import (
+    I8,
+    I32,
+    I64,
+    PTR,
+    OpContext,
+    binary_table,
+    constant,
+    emit_cast,
+    emit_compare,
+    emit_math,
+    llvm_type,
+    storage_type,
+)
+from lowering.loop_ir import (
+    Allocate,
+    Assign,
+    Binary,
+    Broadcast,
+    Buffer,
+    Call,
+    Cast,
+    Compare,
+    Expr,
+    FloatImm,
+    For,
+    If,
+    IntImm,
+    Kernel,
+    Let,
+    Load,
+    LocalVar,
+    Ramp,
+    ReduceLanes,
+    Select,
+    Seq,
+    Shuffle,
+    Stmt,
+    Store,
+    Var,
+    f16,
+    value_type,
+)
+from lowering.microkernels import Microkernel
+from lowering.traversal import allocated_buffers, buffers_used, free_vars
+from lowering.vectorize import vectorize_loops
+from lowering.verifier import verify_kernel
+from lpjit.errors import CodegenError
+
+STACK_LIMIT = 256 * 1024          # bytes; larger scratch buffers are heap-allocated
+_symbol_ids = itertools.count()
+
+
+@attrs.frozen
+class CodegenOptions:
+    """Code generation choices (data, not environment): target features, OpenMP, constants."""
+
+    features: frozenset[str] = frozenset()
+    openmp: bool = True
+    embed_constants_up_to: int = 1 << 16
+    triple: str = ""
+    data_layout: str = ""
+
+
+@attrs.frozen(eq=False)
+class LoweredModule:
+    """An LLVM module, the kernels it defines (their ABI) and constants to bind by symbol."""
+
+    ir_module: ir.Module
+    kernels: tuple[Kernel, ...]
+    symbols: tuple[tuple[str, np.ndarray], ...]
+
+    def kernel(self, name: str) -> Kernel:
+        for k in self.kernels:
+            if k.name == name:
+                return k
+        raise CodegenError(f"module has no kernel '{name}'")
+
+
+class _ModuleState:
+    """Per-module state shared by the function emitters: constants and counters."""
+
+    def __init__(self, module: ir.Module, options: CodegenOptions) -> None:
+        self.module, self.options = module, options
+        self.constants: dict[int, ir.GlobalVariable] = {}
+        self.symbols: list[tuple[str, np.ndarray]] = []
+        self.outlined = itertools.count()
+
+    def constant_global(self, buffer: Buffer) -> ir.GlobalVariable:
+        key = id(buffer)
+        if key not in self.constants:
+            data = np.ascontiguousarray(buffer.data)
+            array_type = ir.ArrayType(I8, max(data.nbytes, 1))
+            if data.nbytes <= self.options.embed_constants_up_to:
+                g = ir.GlobalVariable(self.module, array_type,
+                                      self.module.get_unique_name(f"const.{buffer.name}"))
+                g.initializer = ir.Constant(array_type, bytearray(data.tobytes() or b"\0"))
+                g.global_constant, g.linkage, g.unnamed_addr = True, "private", True
+            else:
+                name = f"lpjit.const.{next(_symbol_ids)}.{buffer.name}"
+                g = ir.GlobalVariable(self.module, array_type, name)
+                g.global_constant, g.linkage = True, "external"
+                self.symbols.append((name, data))
+            g.align = max(buffer.align_bytes, 16)
+            self.constants[key] = g
+        return self.constants[key]
+
+
+class _FunctionEmitter:
+    """Emits statements and expressions into one LLVM function."""
+
+    def __init__(self, state: _ModuleState, kernel: Kernel, function: ir.Function) -> None:
+        self.state, self.kernel, self.function = state, kernel, function
+        entry = function.append_basic_block("entry")
+        self.entry = ir.IRBuilder(entry)
+        self.builder = ir.IRBuilder(function.append_basic_block("body"))
+        self.ctx = OpContext(self.builder, state.module, tuple(kernel.fast_math),
+                             state.options.features)
+        self.values: dict[Var, ir.Value] = {}
+        self.locals: dict[Var, ir.Value] = {}
+        self.buffers: dict[int, ir.Value] = {}
+        self.threads: ir.Value = ir.Constant(I32, 1)
+
+    def finish(self) -> None:
+        self.builder.ret_void()
+        self.entry.branch(self.function.basic_blocks[1])
+
+    # -- values ------------------------------------------------------------------------------
+    def expr(self, e: Expr) -> ir.Value:
+        kind = Microkernel if isinstance(e, Microkernel) else type(e)
+        return _EXPRS[kind](self, e)
+
+    def var(self, v: Var) -> ir.Value:
+        if v in self.locals:
+            return self.builder.load(self.locals[v], typ=llvm_type(v.type))
+        if v in self.values:
+            return self.values[v]
+        raise CodegenError(f"kernel '{self.kernel.name}': variable '{v.name}' has no value")
+
+    def entry_alloca(self, typ: ir.Type, count: int = 1, align: int = 0) -> ir.Value:
+        """An ``alloca`` in the entry block (so mem2reg/SROA can promote it)."""
+        slot = self.entry.alloca(typ, size=None if count == 1 else ir.Constant(I64, count))
+        if align:
+            slot.align = align
+        return slot
+
+    # -- memory ------------------------------------------------------------------------------
+    def root_pointer(self, buffer: Buffer) -> ir.Value:
+        root = buffer.root
+        if id(root) not in self.buffers:
+            if root.role != "constant":
+                raise CodegenError(f"kernel '{self.kernel.name}': buffer '{root.name}' is "
+                                   "not available here")
+            self.buffers[id(root)] = self.state.constant_global(root)
+        return self.buffers[id(root)]
+
+    def flat_offset(self, buffer: Buffer, indices: Sequence[ir.Value]) -> ir.Value:
+        offset: ir.Value = ir.Constant(I64, buffer.root_offset)
+        for index, stride in zip(indices, buffer.strides):
+            index = self.to_i64(index)
+            term = index if stride == 1 else self.builder.mul(index, constant(index.type, stride))
+            if isinstance(term.type, ir.VectorType) and not isinstance(offset.type,
+                                                                        ir.VectorType):
+                offset = self.splat(offset, term.type.count)
+            elif isinstance(offset.type, ir.VectorType) and not isinstance(term.type,
+                                                                            ir.VectorType):
+                term = self.splat(term, offset.type.count)
+            offset = self.builder.add(offset, term)
+        return offset
+
+    def to_i64(self, index: ir.Value) -> ir.Value:
+        t = index.type
+        element = t.element if isinstance(t, ir.VectorType) else t
+        if element.width == 64:
+            return index
+        target = ir.VectorType(I64, t.count) if isinstance(t, ir.VectorType) else I64
+        return self.builder.sext(index, target)
+
+    def splat(self, value: ir.Value, lanes: int) -> ir.Value:
+        vector_type = ir.VectorType(value.type, lanes)
+        inserted = self.builder.insert_element(ir.Constant(vector_type, ir.Undefined), value,
+                                               ir.Constant(I32, 0))
+        mask = ir.Constant(ir.VectorType(I32, lanes), [0] * lanes)
+        return self.builder.shuffle_vector(inserted, ir.Constant(vector_type, ir.Undefined),
+                                           mask)
+
+    def element_pointer(self, buffer: Buffer, offset: ir.Value) -> ir.Value:
+        return self.builder.gep(self.root_pointer(buffer), [offset],
+                                source_etype=storage_type(buffer.dtype))
+
+    def access(self, buffer: Buffer, indices: tuple[Expr, ...]):
+        """(pointer, lanes, dense) for a load/store; a gather/scatter returns lane offsets."""
+        lanes = max((i.type.lanes for i in indices), default=1)
+        last = indices[-1] if indices else None
+        dense = (lanes > 1 and isinstance(last, Ramp) and last.stride == 1
+                 and buffer.strides[-1] == 1 and all(i.type.lanes == 1 for i in indices[:-1]))
+        if lanes == 1 or dense:
+            scalars = (*indices[:-1], last.base) if dense else indices
+            offset = self.flat_offset(buffer, [self.expr(i) for i in scalars])
+            return self.element_pointer(buffer, offset), lanes, True
+        return self.flat_offset(buffer, [self.expr(i) for i in indices]), lanes, False
+
+    def load(self, e: Load) -> ir.Value:
+        buffer, bld = e.buffer, self.builder
+        element = storage_type(buffer.dtype)
+        where, lanes, contiguous = self.access(buffer, e.indices)
+        if contiguous:
+            typ = element if lanes == 1 else ir.VectorType(element, lanes)
+            raw = bld.load(where, typ=typ, align=buffer.dtype.nbytes)
+        else:
+            raw = ir.Constant(ir.VectorType(element, lanes), ir.Undefined)
+            for lane in range(lanes):
+                index = ir.Constant(I32, lane)
+                pointer = self.element_pointer(buffer, bld.extract_element(where, index))
+                raw = bld.insert_element(raw, bld.load(pointer, typ=element), index)
+        return self.from_storage(raw, buffer, lanes)
+
+    def from_storage(self, raw: ir.Value, buffer: Buffer, lanes: int) -> ir.Value:
+        if buffer.dtype == f16:
+            return self.builder.fpext(raw, llvm_type(value_type(f16).with_lanes(lanes)))
+        if buffer.dtype.is_bool:
+            return self.builder.icmp_unsigned("!=", raw, constant(raw.type, 0))
+        return raw
+
+    def to_storage(self, value: ir.Value, buffer: Buffer) -> ir.Value:
+        lanes = value.type.count if isinstance(value.type, ir.VectorType) else 1
+        element = storage_type(buffer.dtype)
+        target = element if lanes == 1 else ir.VectorType(element, lanes)
+        if buffer.dtype == f16:
+            return self.builder.fptrunc(value, target)
+        if buffer.dtype.is_bool:
+            return self.builder.zext(value, target)
+        return value
+
+    # -- statements --------------------------------------------------------------------------
+    def stmt(self, s: Stmt) -> None:
+        _STMTS[type(s)](self, s)
+
+    def store(self, s: Store) -> None:
+        value = self.to_storage(self.expr(s.value), s.buffer)
+        where, lanes, contiguous = self.access(s.buffer, s.indices)
+        bld = self.builder
+        if contiguous:
+            _store(bld, value, where, s.buffer.dtype.nbytes)
+            return
+        for lane in range(lanes):
+            index = ir.Constant(I32, lane)
+            pointer = self.element_pointer(s.buffer, bld.extract_element(where, index))
+            _store(bld, bld.extract_element(value, index), pointer, 0)
+
+    def loop(self, var: Var, start: ir.Value, stop: ir.Value, body: Stmt) -> None:
+        """``for var in [start, stop)`` as header/body/latch blocks with a phi."""
+        bld = self.builder
+        preheader = bld.block
+        header = self.function.append_basic_block(f"{var.name}.header")
+        body_block = self.function.append_basic_block(f"{var.name}.body")
+        exit_block = self.function.append_basic_block(f"{var.name}.exit")
+        bld.branch(header)
+        bld.position_at_end(header)
+        index = bld.phi(I64, name=var.name)
+        index.add_incoming(start, preheader)
+        bld.cbranch(bld.icmp_signed("<", index, stop), body_block, exit_block)
+        bld.position_at_end(body_block)
+        self.values[var] = index
+        self.stmt(body)
+        del self.values[var]
+        following = bld.add(index, ir.Constant(I64, 1))
+        following.flags.append("nsw")
+        index.add_incoming(following, bld.block)
+        bld.branch(header)
+        bld.position_at_end(exit_block)
+
+    def for_loop(self, s: For) -> None:
+        kind = s.kind.name
+        if kind == "vectorized":
+            raise CodegenError(f"kernel '{self.kernel.name}': vectorized loop "
+                               f"'{s.var.name}' reached code generation (run vectorize_loops)")
+        if kind == "unrolled":
+            for k in range(s.extent):
+                self.values[s.var] = ir.Constant(I64, k)
+                self.stmt(s.body)
+            self.values.pop(s.var, None)
+        elif kind == "parallel" and self.state.options.openmp and s.extent > 1:
+            _ParallelOutliner(self, s).emit()
+        else:
+            self.loop(s.var, ir.Constant(I64, 0), ir.Constant(I64, s.extent), s.body)
+
+    def let(self, s: Let) -> None:
+        self.values[s.var] = self.expr(s.value)
+        self.stmt(s.body)
+        del self.values[s.var]
+
+    def local(self, s: LocalVar) -> None:
+        slot = self.entry_alloca(llvm_type(s.var.type))
+        _store(self.builder, self.expr(s.init), slot, 0)
+        self.locals[s.var] = slot
+        self.stmt(s.body)
+        del self.locals[s.var]
+
+    def if_stmt(self, s: If) -> None:
+        cond = self.expr(s.cond)
+        if s.otherwise is None:
+            with self.builder.if_then(cond):
+                self.stmt(s.then)
+            return
+        with self.builder.if_else(cond) as (then, otherwise):
+            with then:
+                self.stmt(s.then)
+            with otherwise:
+                self.stmt(s.otherwise)
+
+    def allocate(self, s: Allocate) -> None:
+        b = s.buffer
+        element = storage_type(b.dtype)
+        nbytes = b.span * b.dtype.nbytes
+        if nbytes <= STACK_LIMIT:
+            self.buffers[id(b)] = self.entry_alloca(element, max(b.span, 1), 64)
+            self.stmt(s.body)
+        else:
+            malloc = self.ctx.intrinsic("aligned_alloc", PTR, [I64, I64])
+            free = self.ctx.intrinsic("free", ir.VoidType(), [PTR])
+            size = ir.Constant(I64, (nbytes + 63) // 64 * 64)
+            self.buffers[id(b)] = self.builder.call(malloc, [ir.Constant(I64, 64), size])
+            self.stmt(s.body)
+            self.builder.call(free, [self.buffers[id(b)]])
+        del self.buffers[id(b)]
+
+    # -- expressions -------------------------------------------------------------------------
+    def binary(self, e: Binary) -> ir.Value:
+        return binary_table(e.type.elem)[e.op](self.ctx, self.expr(e.a), self.expr(e.b))
+
+    def cast(self, e: Cast) -> ir.Value:
+        return emit_cast(self.ctx, self.expr(e.value), e.value.type.elem, e.target, e.mode,
+                         llvm_type(e.type))
+
+    def broadcast(self, e: Broadcast) -> ir.Value:
+        return self.splat(self.expr(e.value), e.lanes)
+
+    def ramp(self, e: Ramp) -> ir.Value:
+        base = self.splat(self.expr(e.base), e.lanes)
+        element = llvm_type(e.base.type)
+        steps = ir.Constant(ir.VectorType(element, e.lanes),
+                            [ir.Constant(element, e.stride * k) for k in range(e.lanes)])
+        return self.builder.add(base, steps)
+
+    def shuffle(self, e: Shuffle) -> ir.Value:
+        vectors = [self.as_vector(self.expr(v)) for v in e.vectors]
+        if len(vectors) > 2 or any(v.type != vectors[0].type for v in vectors):
+            raise CodegenError(f"kernel '{self.kernel.name}': shuffle needs one or two "
+                               "vectors of the same type")
+        second = vectors[1] if len(vectors) == 2 else ir.Constant(vectors[0].type, ir.Undefined)
+        mask = ir.Constant(ir.VectorType(I32, len(e.indices)), list(e.indices))
+        return self.builder.shuffle_vector(vectors[0], second, mask)
+
+    def as_vector(self, value: ir.Value) -> ir.Value:
+        if isinstance(value.type, ir.VectorType):
+            return value
+        return self.builder.insert_element(
+            ir.Constant(ir.VectorType(value.type, 1), ir.Undefined), value, ir.Constant(I32, 0))
+
+    def reduce(self, e: ReduceLanes) -> ir.Value:
+        """Lanes combined in order, left to right (like the numba executor)."""
+        vector, bld = self.expr(e.value), self.builder
+        total = bld.extract_element(vector, ir.Constant(I32, 0))
+        table = binary_table(e.type.elem)
+        for lane in range(1, e.value.type.lanes):
+            total = table[e.op](self.ctx, total, bld.extract_element(vector,
+                                                                     ir.Constant(I32, lane)))
+        return total
+
+    def microkernel(self, e: Microkernel) -> ir.Value:
+        emitter = MICROKERNEL_EMITTERS[type(e)]
+        return emitter(self.ctx, e, self.expr(e.acc), self.expr(e.a), self.expr(e.b))
+
+
+def _store(builder: ir.IRBuilder, value: ir.Value, pointer: ir.Value, align: int) -> None:
+    """``store`` through a pointer llvmlite types as pointing to one element.
+
+    llvmlite's typed-pointer layer (on by default, for numba) gives allocas and GEPs element
+    pointer types and refuses a vector store through them; LLVM itself has opaque pointers.
+    """
+    instruction = ir.instructions.StoreInstr(builder.block, value, pointer)
+    instruction.align = align or None
+    builder._insert(instruction)
+
+
+def _immediate(g: _FunctionEmitter, e: IntImm | FloatImm) -> ir.Value:
+    return ir.Constant(llvm_type(e.type), e.value)
+
+
+_EXPRS = {
+    Var: _FunctionEmitter.var,
+    IntImm: _immediate,
+    FloatImm: _immediate,
+    Binary: _FunctionEmitter.binary,
+    Compare: lambda g, e: emit_compare(g.ctx, e.op, e.a.type.elem, g.expr(e.a), g.expr(e.b)),
+    Select: lambda g, e: g.builder.select(g.expr(e.cond), g.expr(e.t), g.expr(e.f)),
+    Cast: _FunctionEmitter.cast,
+    Call: lambda g, e: emit_math(g.ctx, e.func, [g.expr(a) for a in e.args]),
+    Load: _FunctionEmitter.load,
+    Broadcast: _FunctionEmitter.broadcast,
+    Ramp: _FunctionEmitter.ramp,
+    Shuffle: _FunctionEmitter.shuffle,
+    ReduceLanes: _FunctionEmitter.reduce,
+    Microkernel: _FunctionEmitter.microkernel,
+}
+
+_STMTS = {
+    Store: _FunctionEmitter.store,
+    For: _FunctionEmitter.for_loop,
+    Seq: lambda g, s: [g.stmt(x) for x in s.stmts] and None,
+    Let: _FunctionEmitter.let,
+    LocalVar: _FunctionEmitter.local,
+    Assign: lambda g, s: _store(g.builder, g.expr(s.value), g.locals[s.var], 0),
+    If: _FunctionEmitter.if_stmt,
+    Allocate: _FunctionEmitter.allocate,
+}
+
+
+class _ParallelOutliner:
+    """Outlines one parallel loop: chunk function, OpenMP worker, and the fork in the parent."""
+
+    def __init__(self, parent: _FunctionEmitter, loop: For) -> None:
+        self.parent, self.loop = parent, loop
+        inner = {id(b) for b in allocated_buffers(loop)}
+        self.buffers = [b for b in _unique_roots(buffers_used(loop))
+                        if b.role != "constant" and id(b) not in inner]
+        self.vars = [v for v in free_vars(loop) if v is not loop.var]
+        number = next(parent.state.outlined)
+        self.name = f"{parent.function.name}.parallel{number}"
+
+    def emit(self) -> None:
+        chunk = self.chunk_function()
+        fields = [PTR] * len(self.buffers) + [llvm_type(v.type) for v in self.vars]
+        context_type = ir.LiteralStructType(fields or [I8])
+        worker = self.worker_function(chunk, context_type)
+        parent, bld = self.parent, self.parent.builder
+        args = [parent.buffers[id(b)] for b in self.buffers] + [parent.var(v) for v in self.vars]
+        extent = ir.Constant(I64, self.loop.extent)
+        with bld.if_else(bld.icmp_signed("==", parent.threads, ir.Constant(I32, 1))) as (
+                serial, forked):
+            with serial:
+                bld.call(chunk, args + [ir.Constant(I64, 0), extent])
+            with forked:
+                context = parent.entry_alloca(context_type)
+                for k, value in enumerate(args):
+                    slot = bld.gep(context, [ir.Constant(I32, 0), ir.Constant(I32, k)],
+                                   source_etype=context_type)
+                    _store(bld, value, slot, 0)
+                gomp = parent.ctx.intrinsic("GOMP_parallel", ir.VoidType(),
+                                            [PTR, PTR, I32, I32])
+                bld.call(gomp, [worker, context, parent.threads, ir.Constant(I32, 0)])
+
+    def chunk_function(self) -> ir.Function:
+        """``void chunk(ptr noalias bufs..., vars..., i64 begin, i64 end)`` running the loop."""
+        parent = self.parent
+        types = [PTR] * len(self.buffers) + [llvm_type(v.type) for v in self.vars] + [I64, I64]
+        fn = ir.Function(parent.state.module, ir.FunctionType(ir.VoidType(), types),
+                         f"{self.name}.chunk")
+        fn.linkage = "internal"
+        fn.attributes.add("nounwind")
+        for arg, buffer in zip(fn.args, self.buffers):
+            arg.add_attribute("noalias")
+            arg.name = buffer.name
+        emitter = _FunctionEmitter(parent.state, parent.kernel, fn)
+        for arg, buffer in zip(fn.args, self.buffers):
+            emitter.buffers[id(buffer)] = arg
+        for arg, var in zip(fn.args[len(self.buffers):], self.vars):
+            emitter.values[var] = arg
+        begin, end = fn.args[-2], fn.args[-1]
+        emitter.loop(self.loop.var, begin, end, self.loop.body)
+        emitter.finish()
+        return fn
+
+    def worker_function(self, chunk: ir.Function, context_type: ir.Type) -> ir.Function:
+        """``void worker(ptr context)``: this thread's static share of ``[0, extent)``."""
+        module = self.parent.state.module
+        fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [PTR]), f"{self.name}.worker")
+        fn.linkage = "internal"
+        bld = ir.IRBuilder(fn.append_basic_block("entry"))
+        ctx = OpContext(bld, module)
+        args = []
+        for k, field in enumerate(context_type.elements[:len(chunk.args) - 2]):
+            slot = bld.gep(fn.args[0], [ir.Constant(I32, 0), ir.Constant(I32, k)],
+                           source_etype=context_type)
+            args.append(bld.load(slot, typ=field))
+        thread = bld.sext(ctx.call("omp_get_thread_num", I32), I64)
+        team = bld.sext(ctx.call("omp_get_num_threads", I32), I64)
+        extent = ir.Constant(I64, self.loop.extent)
+        size = bld.sdiv(bld.add(extent, bld.sub(team, ir.Constant(I64, 1))), team)
+        begin = bld.mul(thread, size)
+        end = bld.add(begin, size)
+        end = bld.select(bld.icmp_signed("<", end, extent), end, extent)
+        with bld.if_then(bld.icmp_signed("<", begin, end)):
+            bld.call(chunk, args + [begin, end])
+        bld.ret_void()
+        return fn
+
+
+def _unique_roots(buffers: Sequence[Buffer]) -> list[Buffer]:
+    out: list[Buffer] = []
+    for b in buffers:
+        if all(b.root is not o for o in out):
+            out.append(b.root)
+    return out
+
+
+def emit_kernel(state: _ModuleState, kernel: Kernel) -> ir.Function:
+    """Emit one (verified, vectorized) kernel as an external function of the module."""
+    params = [PTR if isinstance(p, Buffer) else llvm_type(p.type) for p in kernel.params]
+    fn = ir.Function(state.module, ir.FunctionType(ir.VoidType(), params + [I32]), kernel.name)
+    fn.attributes.add("nounwind")
+    emitter = _FunctionEmitter(state, kernel, fn)
+    for arg, param in zip(fn.args, kernel.params):
+        arg.name = param.name
+        if isinstance(param, Buffer):
+            arg.add_attribute("noalias")
+            if param.alignment:
+                arg.attributes.align = param.alignment
+            emitter.buffers[id(param.root)] = arg
+        else:
+            emitter.values[param] = arg
+    fn.args[-1].name = "threads"
+    emitter.threads = fn.args[-1]
+    emitter.stmt(kernel.body)
+    emitter.finish()
+    return fn
+
+
+def lower_kernels_to_llvm(kernels: Sequence[Kernel], options: CodegenOptions = CodegenOptions(),
+                          name: str = "lpjit") -> LoweredModule:
+    """One LLVM module defining every kernel (verified before and after vectorization)."""
+    module = ir.Module(name)
+    if options.triple:
+        module.triple = options.triple
+    if options.data_layout:
+        module.data_layout = options.data_layout
+    state = _ModuleState(module, options)
+    names = [k.name for k in kernels]
+    if len(set(names)) != len(names):
+        raise CodegenError(f"kernel names must be unique in a module, got {names}")
+    for kernel in kernels:
+        lowered = verify_kernel(vectorize_loops(verify_kernel(kernel)))
+        emit_kernel(state, lowered)
+    return LoweredModule(module, tuple(kernels), tuple(state.symbols))
+
+
+__all__ = ["CodegenOptions", "LoweredModule", "emit_kernel", "lower_kernels_to_llvm"]

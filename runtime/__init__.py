@@ -1,0 +1,1 @@
+"""Runtime: LLVM JIT engine, code libraries and native entry points."""

@@ -1,0 +1,227 @@
+"""LLVM code libraries: one compile path up to the object file, then JIT (or, later, AOT).
+
+Modelled on numba's ``codegen.py``: a ``CPUCodegen`` owns a target (CPU name + features) and
+its optimisation pipeline and turns LLVM IR into a ``CodeLibrary`` (parsed, verified, O3
+optimised; assembly, object code, IR text).  ``JitEngine`` is the host-CPU codegen whose
+libraries (``JitLibrary``) are loaded by MCJIT and hand out callable kernels.  A codegen for
+another CPU name (``TargetSpec.for_cpu("icelake-server")``) compiles for inspection only.
+
+Threads come from OpenMP: ``initialize_llvm`` loads ``libgomp`` permanently so generated
+code can call ``GOMP_parallel``; without it, parallel loops are compiled serial.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import functools
+import os
+from collections.abc import Sequence
+
+import attrs
+import llvmlite.binding as llvm
+import numpy as np
+from llvmlite import ir
+
+from lowering.abi import bind_arguments
+from lowering.codegen_llvm import CodegenOptions, LoweredModule, lower_kernels_to_llvm
+from lowering.loop_ir import Buffer, Kernel
+from lpjit.errors import CodegenError
+
+# Features implied by CPU names we compile for without running (the host reports its own).
+_AVX2 = frozenset({"sse2", "ssse3", "sse4.1", "avx", "avx2", "fma", "f16c"})
+_AVX512 = _AVX2 | {"avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512cd"}
+_VNNI512 = _AVX512 | {"avx512vnni"}
+CPU_FEATURES: dict[str, frozenset[str]] = {
+    "x86-64": frozenset({"sse2"}),
+    "haswell": _AVX2, "broadwell": _AVX2, "skylake": _AVX2,
+    "znver1": _AVX2, "znver2": _AVX2, "znver3": _AVX2,
+    "alderlake": _AVX2 | {"avxvnni"},
+    "skylake-avx512": _AVX512,
+    "cascadelake": _VNNI512, "icelake-client": _VNNI512, "icelake-server": _VNNI512,
+    "tigerlake": _VNNI512, "sapphirerapids": _VNNI512 | {"avxvnni"},
+    "znver4": _VNNI512, "znver5": _VNNI512,
+}
+
+
+@functools.cache
+def initialize_llvm() -> bool:
+    """Initialise LLVM's native target once; load libgomp.  Returns True if OpenMP is usable."""
+    llvm.initialize_native_target()
+    llvm.initialize_native_asmprinter()
+    for candidate in (ctypes.util.find_library("gomp"), "libgomp.so.1"):
+        if not candidate:
+            continue
+        try:
+            llvm.load_library_permanently(candidate)
+        except RuntimeError:
+            continue
+        return llvm.address_of_symbol("GOMP_parallel") is not None
+    return False
+
+
+@attrs.frozen
+class TargetSpec:
+    """A CPU to compile for: LLVM CPU name and feature string (empty = the CPU's defaults)."""
+
+    cpu: str
+    features: str = ""
+
+    @classmethod
+    def host(cls) -> TargetSpec:
+        initialize_llvm()
+        return cls(llvm.get_host_cpu_name(), llvm.get_host_cpu_features().flatten())
+
+    @classmethod
+    def for_cpu(cls, cpu: str) -> TargetSpec:
+        """A named CPU (``skylake-avx512``, ``icelake-server``, ``znver3``) with its defaults."""
+        return cls(cpu, "")
+
+    @property
+    def is_host(self) -> bool:
+        return self == TargetSpec.host()
+
+    @property
+    def feature_set(self) -> frozenset[str]:
+        """Enabled features: parsed from ``features``, else looked up by CPU name."""
+        if self.features:
+            return frozenset(f[1:] for f in self.features.split(",") if f.startswith("+"))
+        return CPU_FEATURES.get(self.cpu, frozenset())
+
+    def target_machine(self, opt_level: int = 3, jit: bool = False) -> llvm.TargetMachine:
+        initialize_llvm()
+        target = llvm.Target.from_triple(llvm.get_process_triple())
+        return target.create_target_machine(cpu=self.cpu, features=self.features, opt=opt_level,
+                                            reloc="default", codemodel="jitdefault", jit=jit)
+
+
+class CodeLibrary:
+    """Compiled LLVM IR for one target: verified, optimised, printable as IR and assembly."""
+
+    def __init__(self, codegen: CPUCodegen, source: LoweredModule | ir.Module | str) -> None:
+        self.codegen = codegen
+        self.lowered = source if isinstance(source, LoweredModule) else None
+        text = str(source.ir_module if self.lowered is not None else source)
+        self.unoptimized_ir = text
+        try:
+            module = llvm.parse_assembly(text)
+            module.verify()
+        except RuntimeError as error:
+            raise CodegenError(f"LLVM rejected the generated module: {error}") from None
+        module.triple = codegen.target_machine.triple
+        module.data_layout = str(codegen.target_machine.target_data)
+        codegen.optimize(module)
+        module.verify()
+        self.module = module
+
+    def llvm_ir(self) -> str:
+        """The optimised LLVM IR."""
+        return str(self.module)
+
+    def assembly(self) -> str:
+        """The machine code as assembly text."""
+        return self.codegen.target_machine.emit_assembly(self.module)
+
+    def object_code(self) -> bytes:
+        """The relocatable object file (the point where JIT and AOT part ways)."""
+        return self.codegen.target_machine.emit_object(self.module)
+
+
+class CPUCodegen:
+    """Compiles LLVM modules for one ``TargetSpec`` at optimisation level ``opt_level``."""
+
+    library_class: type[CodeLibrary] = CodeLibrary
+    _jit = False
+
+    def __init__(self, target: TargetSpec | None = None, opt_level: int = 3) -> None:
+        self.openmp = initialize_llvm()
+        self.target = target or TargetSpec.host()
+        self.opt_level = opt_level
+        self.target_machine = self.target.target_machine(opt_level, jit=self._jit)
+
+    def codegen_options(self, **overrides) -> CodegenOptions:
+        """Options for ``lower_kernels_to_llvm`` matching this target."""
+        values = {"features": self.target.feature_set, "openmp": self.openmp,
+                  "triple": self.target_machine.triple,
+                  "data_layout": str(self.target_machine.target_data)}
+        return CodegenOptions(**{**values, **overrides})
+
+    def optimize(self, module: llvm.ModuleRef) -> None:
+        """The O3 module pipeline; LLVM's own vectorizers stay off (the schedule decides)."""
+        tuning = llvm.create_pipeline_tuning_options(speed_level=self.opt_level)
+        tuning.loop_vectorization = False
+        tuning.slp_vectorization = False
+        builder = llvm.create_pass_builder(self.target_machine, tuning)
+        builder.getModulePassManager().run(module, builder)
+
+    def add_module(self, source: LoweredModule | ir.Module | str) -> CodeLibrary:
+        """Compile ``source`` into a library of this codegen's kind."""
+        return self.library_class(self, source)
+
+    def compile_kernels(self, kernels: Sequence[Kernel], **options) -> CodeLibrary:
+        """Lower ``kernels`` to LLVM for this target and compile them."""
+        return self.add_module(lower_kernels_to_llvm(kernels, self.codegen_options(**options)))
+
+
+class JitLibrary(CodeLibrary):
+    """A library loaded into the process by MCJIT: function addresses and callables."""
+
+    def __init__(self, codegen: JitEngine, source: LoweredModule | ir.Module | str) -> None:
+        super().__init__(codegen, source)
+        self._keep_alive: list[np.ndarray] = []
+        for name, data in (self.lowered.symbols if self.lowered is not None else ()):
+            self._keep_alive.append(data)
+            llvm.add_symbol(name, data.ctypes.data)
+        # The engine takes ownership of its target machine: give it its own.
+        machine = codegen.target.target_machine(codegen.opt_level, jit=True)
+        self.engine = llvm.create_mcjit_compiler(self.module, machine)
+        self.engine.finalize_object()
+
+    def function_address(self, name: str) -> int:
+        address = self.engine.get_function_address(name)
+        if not address:
+            raise CodegenError(f"no function '{name}' in the compiled library")
+        return address
+
+    def get_function(self, name: str) -> KernelFunction:
+        """The kernel ``name`` as a Python callable over numpy arrays."""
+        if self.lowered is None:
+            raise CodegenError("get_function needs a library built from loop-IR kernels; use "
+                               "function_address for raw LLVM modules")
+        return KernelFunction(self, self.lowered.kernel(name), self.function_address(name))
+
+
+class JitEngine(CPUCodegen):
+    """The host CPU's codegen: its libraries run in this process."""
+
+    library_class = JitLibrary
+    _jit = True
+
+    def __init__(self, opt_level: int = 3) -> None:
+        super().__init__(TargetSpec.host(), opt_level)
+
+
+_SCALAR_CTYPES = {"i1": ctypes.c_bool, "i8": ctypes.c_int8, "u8": ctypes.c_uint8,
+                  "i16": ctypes.c_int16, "u16": ctypes.c_uint16, "i32": ctypes.c_int32,
+                  "i64": ctypes.c_int64, "f32": ctypes.c_float, "f64": ctypes.c_double}
+
+
+class KernelFunction:
+    """A compiled kernel: call with arrays/scalars in parameter order (see ``lowering.abi``)."""
+
+    def __init__(self, library: JitLibrary, kernel: Kernel, address: int) -> None:
+        self.library, self.kernel, self.address = library, kernel, address
+        argtypes = [ctypes.c_void_p if isinstance(p, Buffer) else _SCALAR_CTYPES[p.type.name]
+                    for p in kernel.params] + [ctypes.c_int32]
+        self._function = ctypes.CFUNCTYPE(None, *argtypes)(address)
+
+    def __call__(self, *args: object, threads: int | None = None) -> None:
+        """Run the kernel; ``threads`` is the OpenMP team size (default: all cores)."""
+        bound = bind_arguments(self.kernel, args)
+        raw = [value.ctypes.data if isinstance(value, np.ndarray) else value.item()
+               for value in bound]
+        team = (os.cpu_count() or 1) if threads is None else int(threads)
+        self._function(*raw, team)
+
+    def __repr__(self) -> str:
+        return f"<KernelFunction {self.kernel.name} at {self.address:#x}>"
