@@ -81,5 +81,7 @@ def _fusion_target(graph: Graph, node: Node, model_outputs: set[Value],
             continue
         if not fusable_anchor(groups[index].anchor):
             continue
+        if any(group_of.get(id(v.node), -1) > index for v in node.inputs):
+            continue  # another input is computed after that group's kernel runs
         return index, port
     return None

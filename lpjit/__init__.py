@@ -5,3 +5,16 @@ from lpjit.frontend import read_ir, write_ir  # noqa: F401
 from lpjit.graph import Graph  # noqa: F401
 
 __version__ = "0.1.0"
+
+# The compile API loads LLVM; it is imported on first use (which also keeps ``lowering``, which
+# imports ``lpjit``, free of an import cycle).
+_API = ("compile", "CompiledModel", "Outputs")
+
+
+def __getattr__(name: str):
+    """``lpjit.compile``, ``lpjit.CompiledModel`` and ``lpjit.Outputs`` from ``lpjit.api``."""
+    if name in _API:
+        from lpjit import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'lpjit' has no attribute '{name}'")
