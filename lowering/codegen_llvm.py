@@ -101,6 +101,20 @@ class LoweredModule:
         raise CodegenError(f"module has no kernel '{name}'")
 
 
+def aligned_copy(data: np.ndarray, alignment: int) -> np.ndarray:
+    """A read-only copy of ``data`` whose first byte is ``alignment``-aligned.
+
+    A constant bound by symbol is declared with that alignment, and LLVM relies on it
+    (aligned vector loads), so numpy's default alignment is not enough.
+    """
+    raw = np.empty(data.nbytes + alignment, np.uint8)
+    start = -raw.ctypes.data % alignment
+    view = raw[start:start + data.nbytes].view(data.dtype).reshape(data.shape)
+    view[...] = data
+    view.flags.writeable = False
+    return view
+
+
 class _ModuleState:
     """Per-module state shared by the function emitters: constants and counters."""
 
@@ -124,8 +138,8 @@ class _ModuleState:
                 name = f"lpjit.const.{next(_symbol_ids)}.{buffer.name}"
                 g = ir.GlobalVariable(self.module, array_type, name)
                 g.global_constant, g.linkage = True, "external"
-                self.symbols.append((name, data))
-            g.align = max(buffer.align_bytes, 16)
+                self.symbols.append((name, aligned_copy(data, 64)))
+            g.align = 64
             self.constants[key] = g
         return self.constants[key]
 
@@ -490,8 +504,10 @@ class _ParallelOutliner:
         for arg, buffer in zip(fn.args, self.buffers):
             emitter.buffers[id(buffer)] = arg
         for arg, var in zip(fn.args[len(self.buffers):], self.vars):
+            arg.name = var.name
             emitter.values[var] = arg
         begin, end = fn.args[-2], fn.args[-1]
+        begin.name, end.name = "begin", "end"
         emitter.loop(self.loop.var, begin, end, self.loop.body)
         emitter.finish()
         return fn

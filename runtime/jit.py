@@ -91,8 +91,10 @@ class TargetSpec:
     def target_machine(self, opt_level: int = 3, jit: bool = False) -> llvm.TargetMachine:
         initialize_llvm()
         target = llvm.Target.from_triple(llvm.get_process_triple())
+        # Position-independent code: external data (constants bound by symbol, anywhere in
+        # the address space) is reached through the GOT, and a shared object can be linked.
         return target.create_target_machine(cpu=self.cpu, features=self.features, opt=opt_level,
-                                            reloc="default", codemodel="jitdefault", jit=jit)
+                                            reloc="pic", codemodel="jitdefault", jit=jit)
 
 
 class CodeLibrary:
