@@ -1,0 +1,284 @@
+"""lpjit.compile and CompiledModel: sources, calling conventions, outputs, input checks, repr,
+inspection, dumps and concurrent calls."""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import lpjit
+from lpjit import dtypes, reference
+from lpjit.errors import InputError
+from lpjit.graph import Constant, Graph, Origin, Parameter, Result
+from lpjit.ops import activations as act
+from lpjit.ops import elementwise as ew
+
+
+def two_in_two_out() -> Graph:
+    """``sum = relu(x + bias)``, ``gate = sigmoid(sum * y) - x`` with tensor names."""
+    x = Parameter(origin=Origin("0", "x", "Parameter"), inputs=(), element_type=dtypes.f32,
+                  shape=(2, 3, 8), tensor_names=(("x", "input_x"),))
+    y = Parameter(origin=Origin("1", "y", "Parameter"), inputs=(), element_type=dtypes.f32,
+                  shape=(3, 1), tensor_names=(("y",),))
+    bias = Constant.of(np.linspace(-0.5, 0.5, 8, dtype=np.float32), Origin("2", "bias", "Const"))
+    added = ew.Add(origin=Origin("3", "add", "Add"), inputs=(x.output, bias.output))
+    total = act.Relu(origin=Origin("4", "relu", "ReLU"), inputs=(added.output,),
+                     tensor_names=(("sum",),))
+    scaled = ew.Multiply(origin=Origin("5", "mul", "Multiply"), inputs=(total.output, y.output))
+    gate = act.Sigmoid(origin=Origin("6", "sigmoid", "Sigmoid"), inputs=(scaled.output,))
+    out = ew.Subtract(origin=Origin("7", "gate", "Subtract"), inputs=(gate.output, x.output),
+                      tensor_names=(("gate", "logits"),))
+    results = [Result(origin=Origin("8", "sum_result", "Result"), inputs=(total.output,)),
+               Result(origin=Origin("9", "gate_result", "Result"), inputs=(out.output,))]
+    return Graph("two_in_two_out", [x, y], results)
+
+
+@pytest.fixture(scope="module")
+def graph() -> Graph:
+    return two_in_two_out()
+
+
+@pytest.fixture(scope="module")
+def compiled(graph: Graph) -> lpjit.CompiledModel:
+    return lpjit.compile(graph, threads=2, verify=True)
+
+
+def random_inputs(seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return (rng.uniform(-2, 2, (2, 3, 8)).astype(np.float32),
+            rng.uniform(-2, 2, (3, 1)).astype(np.float32))
+
+
+def assert_matches_reference(graph: Graph, outputs, inputs) -> None:
+    for actual, expected in zip(outputs, reference.run(graph, list(inputs)), strict=True):
+        np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-6)
+
+
+# -- calling conventions and outputs -----------------------------------------------------------
+
+
+def test_positional_keyword_and_dict_calls_agree_with_the_reference(graph, compiled) -> None:
+    x, y = random_inputs(0)
+    positional = compiled(x, y)
+    assert_matches_reference(graph, positional, (x, y))
+    for other in (compiled(x=x, y=y), compiled({"y": y, "x": x}), compiled(x, y=y),
+                  compiled(input_x=x, y=y)):
+        for a, b in zip(positional, other, strict=True):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_outputs_by_index_by_name_iteration_and_len(compiled) -> None:
+    out = compiled(*random_inputs(1))
+    assert len(out) == 2 and out.names == ("sum", "gate")
+    assert out["sum"] is out[0] and out["gate"] is out[1] and out["logits"] is out[1]
+    assert out["gate_result"] is out[1]                # the Result layer's name works too
+    assert [a.shape for a in out] == [(2, 3, 8), (2, 3, 8)]
+    assert list(out.to_dict()) == ["sum", "gate"]
+    assert out[-1] is out[1] and len(out[:1]) == 1
+    with pytest.raises(KeyError, match="no output named 'nope'; outputs are: sum, gate"):
+        out["nope"]
+    assert repr(out) == "<Outputs sum: float32[2, 3, 8], gate: float32[2, 3, 8]>"
+
+
+def test_each_call_returns_fresh_outputs(compiled) -> None:
+    x, y = random_inputs(2)
+    first = compiled(x, y)
+    kept = first[0].copy()
+    compiled(*random_inputs(3))
+    np.testing.assert_array_equal(first[0], kept)
+    assert all(a.ctypes.data % 64 == 0 for a in first)
+
+
+def test_lossless_conversions_and_non_contiguous_inputs_are_accepted(graph, compiled) -> None:
+    rng = np.random.default_rng(4)
+    x16 = rng.integers(-3, 4, (2, 3, 8)).astype(np.int16)          # int16 -> float32 is exact
+    y_strided = rng.uniform(-2, 2, (3, 2)).astype(np.float32)[:, :1]
+    assert not y_strided.flags.c_contiguous
+    out = compiled(x16, y_strided)
+    assert_matches_reference(graph, out, (x16.astype(np.float32), y_strided.copy()))
+
+
+# -- input errors ----------------------------------------------------------------------------
+
+EXPECTED = r"expected x: float32\[2,3,8\], y: float32\[3,1\]"
+
+
+def test_missing_inputs_are_named_with_the_expected_ones(compiled) -> None:
+    x, _ = random_inputs(5)
+    with pytest.raises(InputError, match=r"^missing input 'y'; " + EXPECTED + "$"):
+        compiled(x)
+    with pytest.raises(InputError, match=r"^missing inputs 'x', 'y'; " + EXPECTED + "$"):
+        compiled()
+
+
+def test_unknown_duplicate_and_surplus_inputs_are_rejected(compiled) -> None:
+    x, y = random_inputs(6)
+    with pytest.raises(InputError, match=r"^unknown input 'z'; " + EXPECTED + "$"):
+        compiled(x=x, y=y, z=y)
+    with pytest.raises(InputError, match=r"^input 'x' is given twice$"):
+        compiled(x, y=y, input_x=x)
+    with pytest.raises(InputError, match=r"^got 3 positional inputs; the model has 2: "
+                                         r"x: float32\[2,3,8\], y: float32\[3,1\]$"):
+        compiled(x, y, y)
+
+
+def test_lossy_dtype_conversion_is_refused(compiled) -> None:
+    x, y = random_inputs(7)
+    with pytest.raises(InputError, match=re.escape(
+            "input 'x' has dtype float64, which does not convert to float32 without loss; "
+            "expected float32[2,3,8] (convert it with .astype(np.float32) if the loss is "
+            "intended)")):
+        compiled(x.astype(np.float64), y)
+    with pytest.raises(InputError, match="input 'y' has dtype int32"):
+        compiled(x, y.astype(np.int32))
+    with pytest.raises(InputError, match="input 'x' has dtype float64"):
+        compiled(x.tolist(), y)                           # Python floats are float64
+
+
+def test_wrong_shapes_are_refused(compiled) -> None:
+    x, y = random_inputs(8)
+    with pytest.raises(InputError, match=re.escape(
+            "input 'y' has shape (1, 3); expected float32[3,1]")):
+        compiled(x, y.reshape(1, 3))
+    with pytest.raises(InputError, match=re.escape(
+            "input 'x' has shape (3, 8); expected float32[2,3,8]")):
+        compiled(x[0], y)
+
+
+# -- compile sources and options ---------------------------------------------------------------
+
+
+def test_compile_from_xml_path_and_from_xml_text_with_weights(graph, tmp_path: Path) -> None:
+    xml = lpjit.write_ir(graph, tmp_path / "model.xml")
+    x, y = random_inputs(9)
+    from_path = lpjit.compile(xml, threads=1)(x, y)
+    from_str = lpjit.compile(str(xml), threads=1)(x, y)
+    from_text = lpjit.compile(xml.read_bytes(), weights=xml.with_suffix(".bin").read_bytes(),
+                              threads=1)(x, y)
+    assert_matches_reference(graph, from_path, (x, y))
+    for a, b, c in zip(from_path, from_str, from_text, strict=True):
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(a, c)
+
+
+def test_shapes_resolve_dynamic_inputs(graph, tmp_path: Path) -> None:
+    xml = lpjit.write_ir(graph, tmp_path / "model.xml")
+    text = xml.read_text()
+    dynamic = text.replace('shape="2,3,8"', 'shape="?,3,8"', 1).replace(
+        "<dim>2</dim>", "<dim>-1</dim>", 1)
+    assert dynamic != text
+    xml.write_text(dynamic)
+    compiled = lpjit.compile(xml, shapes={"x": (2, 3, 8)}, threads=1)
+    assert compiled.inputs[0].shape == (2, 3, 8)
+    x, y = random_inputs(10)
+    assert_matches_reference(graph, compiled(x, y), (x, y))
+
+
+def test_bad_compile_arguments_are_input_errors(graph) -> None:
+    with pytest.raises(InputError, match="weights= and shapes= apply when reading an IR"):
+        lpjit.compile(graph, shapes={"x": (2, 3, 8)})
+    with pytest.raises(InputError, match="expects a path to an .xml, XML text or a Graph, "
+                                         "got int"):
+        lpjit.compile(42)
+    with pytest.raises(InputError, match=r"threads=0 is invalid; expected a positive integer"):
+        lpjit.compile(graph, threads=0)
+
+
+def test_default_threads_are_the_cores(graph) -> None:
+    assert lpjit.compile(graph).threads == os.cpu_count()
+
+
+def test_repr_shows_inputs_outputs_target_threads_and_arena(compiled) -> None:
+    text = repr(compiled)
+    lines = text.splitlines()
+    assert lines[:3] == ["<CompiledModel 'two_in_two_out'",
+                         "  inputs:  x: float32[2,3,8], y: float32[3,1]",
+                         "  outputs: sum: float32[2,3,8], gate: float32[2,3,8]"]
+    assert re.fullmatch(r"  target:  \S+ \(.*avx2.*\), threads=2, arena=\d+ bytes>", lines[3])
+
+
+def test_inspection_program_llvm_ir_assembly_and_timings(compiled) -> None:
+    assert [s.label for s in compiled.program.steps] == ["add + relu", "mul + sigmoid + gate"]
+    assert 'define void @"lpjit_run"' in compiled.llvm_ir() or "@lpjit_run" in compiled.llvm_ir()
+    assert re.search(r"^lpjit_run:", compiled.assembly(), re.MULTILINE)
+    assert list(compiled.timings()) == ["fold_constants", "lower_graph_to_loops",
+                                        "plan_memory", "lower_program_to_llvm", "compile_llvm"]
+    assert compiled.arena_bytes == 0                      # relu's output is a model output
+
+
+def test_dump_dir_and_progress_see_every_step(graph, tmp_path: Path) -> None:
+    events: list[tuple[str, int, bool]] = []
+    lpjit.compile(graph, threads=1, dump_dir=tmp_path / "dump",
+                  progress=lambda name, index, record: events.append(
+                      (name, index, record is not None)))
+    names = ["fold_constants", "lower_graph_to_loops", "plan_memory",
+             "lower_program_to_llvm", "compile_llvm"]
+    assert events == [(n, i, done) for i, n in enumerate(names) for done in (False, True)]
+    files = sorted(p.name for p in (tmp_path / "dump").iterdir())
+    assert files == ["01-fold_constants.graph", "02-lower_graph_to_loops.loops",
+                     "03-plan_memory.memory", "04-lower_program_to_llvm.ll",
+                     "05-compile_llvm.opt.ll", "05-compile_llvm.s"]
+    assert "[3] %add = Add(%x, %bias" in (tmp_path / "dump/01-fold_constants.graph").read_text()
+    assert "kernel add(" in (tmp_path / "dump/02-lower_graph_to_loops.loops").read_text()
+
+
+# -- edge-case graphs --------------------------------------------------------------------------
+
+
+def test_a_parameter_returned_twice_and_a_constant_output_are_copied() -> None:
+    x = Parameter(origin=Origin("0", "x", "Parameter"), inputs=(), element_type=dtypes.f32,
+                  shape=(5,))
+    table = np.arange(6, dtype=np.float32).reshape(2, 3)
+    c = Constant.of(table, Origin("1", "table", "Const"))
+    results = [Result(origin=Origin(str(2 + k), f"r{k}", "Result"), inputs=(v,))
+               for k, v in enumerate((x.output, x.output, c.output))]
+    compiled = lpjit.compile(Graph("copies", [x], results), threads=1, verify=True)
+    data = np.random.default_rng(11).normal(size=5).astype(np.float32)
+    first, second, constant = compiled(data)
+    np.testing.assert_array_equal(first, data)
+    np.testing.assert_array_equal(second, data)
+    np.testing.assert_array_equal(constant, table)
+    assert first.ctypes.data != second.ctypes.data != data.ctypes.data
+
+
+# -- concurrency -------------------------------------------------------------------------------
+
+
+def test_four_python_threads_share_one_compiled_model(graph) -> None:
+    """Each call has its own arena and outputs: concurrent calls give each caller its own
+    correct results; the model keeps an intermediate in the arena."""
+    compiled = lpjit.compile(_with_scratch(graph), threads=2)
+    assert compiled.arena_bytes > 0
+    inputs = [random_inputs(100 + k) for k in range(4)]
+    expected = [reference.run(compiled.graph, list(i)) for i in inputs]
+    failures: list[str] = []
+    barrier = threading.Barrier(4)
+
+    def worker(k: int) -> None:
+        barrier.wait()
+        for _ in range(200):
+            out = compiled(*inputs[k])
+            if not all(np.allclose(a, e, rtol=1e-5, atol=1e-6)
+                       for a, e in zip(out, expected[k])):
+                failures.append(f"thread {k}")
+                return
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert failures == []
+
+
+def _with_scratch(graph: Graph) -> Graph:
+    """One output, ``sum + gate``: ``sum`` feeds two kernels, so it lives in the arena."""
+    total, gate = (r.inputs[0] for r in graph.results)
+    both = ew.Add(origin=Origin("10", "both", "Add"), inputs=(total, gate))
+    return Graph("scratch", graph.parameters,
+                 [Result(origin=Origin("11", "both_result", "Result"), inputs=(both.output,))])
