@@ -1,1 +1,4 @@
 """Graph-op lowerings, one module per op family; importing this package registers them."""
+
+from lowering.ops import normalization  # noqa: F401
+from lowering.ops import reductions  # noqa: F401

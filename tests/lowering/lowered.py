@@ -1,0 +1,54 @@
+"""Run a one-op OpenVINO model through ``lower_graph_to_loops`` on both executors.
+
+``check_lowered`` saves the model as IR, reads it with lpjit, lowers it, runs the program with
+the numba executor and with LLVM (one kernel at a time), and compares both with
+``lpjit.reference.run`` (float: ``rtol``/``atol``; integer outputs: exactly) and with each
+other (float: ``rtol=1e-5``, ``atol=1e-6``; the two executors run the same loop IR).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import openvino as ov
+import oracle
+
+import lpjit
+from lowering.lower_graph import LoweringOptions, lower_graph_to_loops
+from lowering.program import Program
+from lowering.program_exec import llvm_compiler, run_program
+from lpjit import reference
+
+
+def lower_model(model: ov.Model, tmp_path: Path, threads: int = 0) -> tuple:
+    """(graph, program) of ``model`` saved as IR and read back."""
+    graph = lpjit.read_ir(oracle.save(model, tmp_path))
+    return graph, lower_graph_to_loops(graph, LoweringOptions(threads=threads))
+
+
+def assert_matches(actual: np.ndarray, expected: np.ndarray, rtol: float, atol: float,
+                   what: str) -> None:
+    assert actual.shape == expected.shape, what
+    if np.issubdtype(expected.dtype, np.integer):
+        np.testing.assert_array_equal(actual, expected, err_msg=what)
+    else:
+        np.testing.assert_allclose(actual, expected, rtol=rtol, atol=atol, err_msg=what)
+
+
+def check_lowered(model: ov.Model, tmp_path: Path, inputs: Sequence[np.ndarray] | None = None,
+                  rtol: float = 1e-4, atol: float = 1e-5, seed: int = 0,
+                  threads: int = 0) -> Program:
+    """Lower ``model`` and check both executors against the reference; returns the program."""
+    graph, program = lower_model(model, tmp_path, threads)
+    inputs = list(oracle.random_inputs(model, seed) if inputs is None else inputs)
+    expected = reference.run(graph, inputs)
+    by_numba = run_program(program, inputs)
+    by_llvm = run_program(program, inputs, llvm_compiler)
+    for index, (e, n, m) in enumerate(zip(expected, by_numba, by_llvm, strict=True)):
+        e = np.asarray(e).astype(n.dtype)
+        assert_matches(n, e, rtol, atol, f"output {index}: numba vs reference")
+        assert_matches(m, e, rtol, atol, f"output {index}: LLVM vs reference")
+        assert_matches(m, n, 1e-5, 1e-6, f"output {index}: LLVM vs numba")
+    return program
