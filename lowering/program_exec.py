@@ -45,7 +45,7 @@ def _argument(buffer: Buffer, memory: dict[int, np.ndarray]) -> np.ndarray:
     """The array the executors' ABI expects for ``buffer`` (see ``lowering.abi``)."""
     root = memory[id(buffer.root)].reshape(-1)
     if buffer.base is None and buffer.strides == contiguous_strides(buffer.shape):
-        return root.reshape(buffer.shape)
+        return root[:buffer.numel].reshape(buffer.shape)
     start = buffer.root_offset
     flat = root[start:]
     if buffer.strides == contiguous_strides(buffer.shape):
