@@ -11,7 +11,8 @@ model's Parameter / Result order); ``arena`` is the scratch memory of the ``Memo
 every kernel.  The entry calls the steps' kernels in order, each with the root pointer of each
 buffer parameter: an input or output pointer from the arrays, ``arena + offset`` for scratch,
 and for a view the pointer of the buffer that owns its memory (kernels add the view offset).
-One call runs the whole model: no Python between the kernels.
+One call runs the whole model: no Python between the kernels.  Kernels are ``noinline``: the
+entry stays a list of calls (each kernel compiled once, a clear boundary for profiles).
 """
 
 from __future__ import annotations
@@ -83,6 +84,7 @@ def emit_entry_point(module: ir.Module, program: Program, plan: MemoryPlan,
         if kernel.scalar_params:
             raise CodegenError(f"entry point: kernel '{kernel.name}' of step '{step.label}' "
                                "takes scalar parameters; program kernels take buffers only")
+        callee.attributes.add("noinline")  # one copy of each kernel, a boundary per step
         builder.call(callee, [pointers.of(b) for b in kernel.buffer_params] + [threads])
     builder.ret_void()
     return fn
