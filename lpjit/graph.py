@@ -27,6 +27,11 @@ from lpjit.errors import GraphError, ShapeError
 
 Shape = tuple[int, ...]
 
+# Limits every inferred tensor must respect: numpy's maximum number of dimensions, and a byte
+# size whose offsets fit int64 (so no size or index computation downstream can overflow).
+MAX_RANK = 64
+MAX_TENSOR_BYTES = 2 ** 63 - 1
+
 
 @attrs.frozen
 class TensorType:
@@ -47,6 +52,25 @@ class TensorType:
         return f"{self.dtype}[{','.join(map(str, self.shape))}]"
 
     __str__ = __repr__
+
+
+def check_rank(rank: int, origin: Origin) -> None:
+    """A tensor has at most ``MAX_RANK`` dimensions; else ShapeError."""
+    if rank > MAX_RANK:
+        raise ShapeError(f"a tensor of rank {rank} is not supported; lpjit supports at most "
+                         f"{MAX_RANK} dimensions", origin)
+
+
+def check_tensor_size(t: TensorType, origin: Origin) -> None:
+    """A tensor has at most ``MAX_RANK`` dims and ``MAX_TENSOR_BYTES`` bytes; else ShapeError."""
+    check_rank(len(t.shape), origin)
+    count = 1
+    for d in t.shape:
+        count *= int(d)
+    if count * max(t.dtype.bits, 8) // 8 > MAX_TENSOR_BYTES:
+        raise ShapeError(f"a {t.dtype} tensor of shape {list(t.shape)} would take "
+                         f"{count * max(t.dtype.bits, 8) // 8} bytes; lpjit supports tensors of "
+                         "at most 2^63 - 1 bytes", origin)
 
 
 @attrs.frozen
@@ -128,7 +152,10 @@ class Node:
         if n < low or (high is not None and n > high):
             expected = f"{low}" if low == high else f"{low}..{'' if high is None else high}"
             raise GraphError(f"has {n} inputs; expected {expected}", self.origin)
-        object.__setattr__(self, "output_types", tuple(self.infer()))
+        types = tuple(self.infer())
+        for t in types:
+            check_tensor_size(t, self.origin)
+        object.__setattr__(self, "output_types", types)
 
     # --- to be provided by subclasses -------------------------------------------------
     @classmethod

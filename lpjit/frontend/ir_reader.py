@@ -2,7 +2,9 @@
 
 The reader follows OpenVINO's own (``src/frontends/ir``; facts sheet section 1):
 
-1. parse the XML with defusedxml (no DTDs, entities or external references);
+1. parse the XML with defusedxml (no DTDs, entities or external references), after checking
+   that no tag or text run is longer than 16 MiB, and before checking that elements nest at
+   most 64 levels deep (an IR nests about 7; hostile files are rejected in well under 1 s);
 2. index the layers by id and their ports by *position* (port ids are labels, not indices);
 3. resolve every edge to (producer layer, output index) -> (consumer layer, input index);
 4. build nodes by an iterative post-order DFS from the Results: Parameters first in XML order,
@@ -40,7 +42,7 @@ from lpjit.errors import (
     UnsupportedOpError,
 )
 from lpjit.frontend import elements
-from lpjit.graph import Constant, Graph, Node, Origin, Parameter, Result, Value
+from lpjit.graph import Constant, Graph, Node, Origin, Parameter, Result, Value, check_rank
 from lpjit.ops import registry
 from lpjit.ops.core import parse_partial_shape
 from lpjit.passes.fold_shape_subgraphs import fold_constant_node
@@ -49,6 +51,9 @@ PathLike = Union[str, "os.PathLike[str]"]
 ShapeMap = Mapping[str, Sequence[int]]
 
 SUPPORTED_VERSIONS = (10, 11)
+# Limits on the XML itself.  Real IRs stay far below them (tags of a few KB, ~7 levels).
+MAX_XML_TOKEN = 16 * 2 ** 20
+MAX_XML_DEPTH = 64
 # The newest opset OpenVINO 2026.4 defines; a layer claiming a later one is rejected.
 NEWEST_OPSET = 17
 
@@ -123,6 +128,7 @@ def _xml_text(xml: PathLike | bytes) -> tuple[bytes, Path | None]:
 
 def _parse(text: bytes) -> Element:
     """The ``<net>`` root; malformed or unsafe XML and unsupported versions are IRReadErrors."""
+    _check_token_lengths(text)
     try:
         root = SafeET.fromstring(text, forbid_dtd=True)
     except ParseError as e:
@@ -138,6 +144,7 @@ def _parse(text: bytes) -> Element:
                           "for safety (entity expansion attacks)") from None
     except defusedxml.DefusedXmlException as e:
         raise IRReadError(f"the XML was rejected for safety: {e}") from None
+    _check_depth(root)
     if root.tag != "net":
         raise IRReadError(f"the root element is <{root.tag}>; expected <net> (an OpenVINO IR)")
     version = root.get("version")
@@ -152,6 +159,31 @@ def _parse(text: bytes) -> Element:
     if root.find("layers") is None:
         raise IRReadError("the IR has no <layers> element")
     return root
+
+
+def _check_token_lengths(text: bytes) -> None:
+    """No run of bytes between two ``<`` (one tag with its attributes, or one text) exceeds
+    ``MAX_XML_TOKEN``: a huge attribute is rejected before the parser spends seconds on it."""
+    marks = np.flatnonzero(np.frombuffer(text, np.uint8) == ord("<"))
+    bounds = np.concatenate(([0], marks, [len(text)]))
+    lengths = np.diff(bounds)
+    longest = int(lengths.argmax()) if lengths.size else 0
+    if lengths.size and lengths[longest] > MAX_XML_TOKEN:
+        raise IRReadError(f"the XML has a {lengths[longest]}-byte tag or text at byte "
+                          f"{bounds[longest]}; IR files have none longer than "
+                          f"{MAX_XML_TOKEN} bytes")
+
+
+def _check_depth(root: Element) -> None:
+    """Elements nest at most ``MAX_XML_DEPTH`` levels (depth-first, so a deep chain fails at
+    once)."""
+    stack = [(root, 1)]
+    while stack:
+        element, depth = stack.pop()
+        if depth > MAX_XML_DEPTH:
+            raise IRReadError(f"the XML nests elements more than {MAX_XML_DEPTH} levels deep "
+                              f"(<{element.tag}> at level {depth}); IR files nest about 7")
+        stack.extend((child, depth + 1) for child in element)
 
 
 # ------------------------------------------------------------------------------------------
@@ -424,6 +456,7 @@ class _GraphBuilder:
         if any(d < 0 for d in shape):
             raise BadAttributeError(f"attribute shape=\"{a.str('shape')}\" has a negative "
                                     "dimension", layer.origin)
+        check_rank(len(shape), layer.origin)
         data = self.weights.constant(layer, element_type, shape, offset, size)
         return Constant(origin=layer.origin, inputs=(), tensor_names=layer.output_names,
                         element_type=element_type, data=data)

@@ -174,6 +174,9 @@ class Interpolate(Node):
                              f"{len(axes)} axes {axes}")
         out = list(self.padded_shape)
         for axis, value in zip(axes, values.tolist()):
+            if not np.isfinite(value):
+                raise self.error(f"{what} {values.tolist()} has the non-finite value {value} "
+                                 f"on axis {axis}")
             out[axis] = scaled_dim(out[axis], value) if self.uses_scales else int(value)
             if out[axis] <= 0:
                 raise self.error(f"{what} {values.tolist()} give output length {out[axis]} "

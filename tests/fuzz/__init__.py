@@ -1,0 +1,1 @@
+"""Fuzzing the IR reader, graph construction and reference executor (issue 8)."""

@@ -1,0 +1,142 @@
+"""Run one fuzz case and classify its outcome; guards against hangs and runaway allocations.
+
+The property every case must satisfy: reading the IR either succeeds or raises an
+``LpjitError`` subclass; when it succeeds and the graph is small enough, running the reference
+executor on random inputs also succeeds or raises an ``LpjitError``.  Any other exception is a
+crash and propagates out of ``run_case`` unchanged.  A case that outlives its time budget raises
+``CaseTimeout``; an allocation past the address-space budget raises ``MemoryError`` (both are
+crashes too).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import resource
+import signal
+import tempfile
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import attrs
+import numpy as np
+
+import lpjit
+from fuzz.mutations import Case
+from lpjit import reference
+from lpjit.errors import LpjitError
+from lpjit.graph import Graph
+
+# Graphs whose tensors hold more elements than this in total are read but not executed.
+MAX_REFERENCE_ELEMENTS = 1_000_000
+
+
+class CaseTimeout(BaseException):
+    """A case ran past its time budget (a BaseException, so no ``except Exception`` hides it)."""
+
+
+@attrs.frozen
+class Outcome:
+    """How a case ended: ``stage`` reached and ``result`` (``ok``, ``too large to run`` or the
+    ``LpjitError`` subclass raised)."""
+
+    stage: str
+    result: str
+
+    def __str__(self) -> str:
+        return f"{self.stage}: {self.result}"
+
+
+def total_elements(graph: Graph) -> int:
+    """Elements of every tensor the reference executor would materialise (exact int)."""
+    count = 0
+    for node in graph.nodes:
+        for t in node.output_types:
+            size = 1
+            for d in t.shape:
+                size *= d
+            count += size
+    return count
+
+
+def random_inputs(graph: Graph, seed: int) -> list[np.ndarray]:
+    """Seeded random inputs for every Parameter (never all zeros)."""
+    rng = np.random.default_rng(seed)
+    arrays = []
+    for p in graph.parameters:
+        dtype = p.element_type.numpy
+        if np.issubdtype(dtype, np.floating):
+            arrays.append(rng.uniform(-4.0, 4.0, p.shape).astype(dtype))
+        elif dtype == np.bool_:
+            arrays.append(rng.integers(0, 2, p.shape).astype(bool))
+        else:
+            arrays.append(rng.integers(1, 8, p.shape).astype(dtype))
+    return arrays
+
+
+def _read(case: Case, scratch: Path | None) -> Graph:
+    if not case.via_files:
+        return lpjit.read_ir(case.xml, case.weights)
+    with contextlib.ExitStack() as stack:
+        directory = scratch or Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        xml = directory / "case.xml"
+        xml.write_bytes(case.xml)
+        xml.with_suffix(".bin").write_bytes(case.weights)
+        return lpjit.read_ir(xml)
+
+
+def run_case(case: Case, *, input_seed: int = 0, scratch: Path | None = None) -> Outcome:
+    """Read ``case`` and, when small enough, run it on the reference; see the module doc."""
+    try:
+        graph = _read(case, scratch)
+    except LpjitError as e:
+        return Outcome("read", type(e).__name__)
+    if total_elements(graph) > MAX_REFERENCE_ELEMENTS:
+        return Outcome("read", "ok, too large to run")
+    inputs = random_inputs(graph, input_seed)
+    try:
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            reference.run(graph, inputs)
+    except LpjitError as e:
+        return Outcome("reference", type(e).__name__)
+    return Outcome("reference", "ok")
+
+
+@contextlib.contextmanager
+def time_limit(seconds: float) -> Iterator[None]:
+    """Raise ``CaseTimeout`` in the main thread when the block runs longer than ``seconds``."""
+
+    def expire(signum: int, frame: object) -> None:
+        raise CaseTimeout(f"the case ran longer than {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def address_space_in_use() -> int:
+    """Bytes of virtual address space this process maps now (``VmSize``)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmSize:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmSize in /proc/self/status")
+
+
+@contextlib.contextmanager
+def address_space_limit(headroom: int) -> Iterator[None]:
+    """Make any allocation that would grow the address space by more than ``headroom`` bytes
+    fail with ``MemoryError`` inside the block (``RLIMIT_AS``; restored afterwards)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    limit = address_space_in_use() + headroom
+    if hard != resource.RLIM_INFINITY:
+        limit = min(limit, hard)
+    resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
