@@ -105,4 +105,5 @@ def run(graph: Graph, inputs: Sequence[Any] | Mapping[str, Any]) -> list[np.ndar
 from lpjit.reference import activations, normalization, quantize, reductions  # noqa: F401
 from lpjit.reference import attention, interpolate, nn  # noqa: F401
 from lpjit.reference import movement, shape, slicing  # noqa: E402,F401
+from lpjit.reference import lowp  # noqa: E402,F401
 from lpjit.reference import core as _core  # noqa: E402,F401  (registers evaluators)
