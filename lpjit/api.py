@@ -2,8 +2,9 @@
 
 A ``CompiledModel`` is called with numpy arrays (in Parameter order, by input name as keywords,
 or as one dict) and returns an ``Outputs`` in Result order, addressable by index and by output
-name.  Each call runs the whole model through one native entry point with its own scratch
-memory, so one ``CompiledModel`` may be called from several Python threads at once.
+name.  Each call runs the whole model through one native entry point; its scratch memory (the
+arena) belongs to the calling thread, so one ``CompiledModel`` may be called from several Python
+threads at once.
 """
 
 from __future__ import annotations
@@ -116,6 +117,9 @@ class CompiledModel:
 
     def _bind(self, args: tuple, kwargs: dict[str, Any]) -> list[Any]:
         """Inputs in model order from positional arrays, keywords or one dict."""
+        if not kwargs and len(args) == len(self.inputs) and not (
+                len(args) == 1 and isinstance(args[0], Mapping)):
+            return list(args)
         if len(args) == 1 and isinstance(args[0], Mapping) and not kwargs:
             kwargs, args = dict(args[0]), ()
         if len(args) > len(self.inputs):
@@ -156,7 +160,8 @@ class CompiledModel:
 
     @property
     def arena_bytes(self) -> int:
-        """Scratch memory each call allocates (every intermediate tensor, shared by lifetime)."""
+        """Bytes of scratch memory (every intermediate tensor, placed by lifetime) that each
+        calling thread holds."""
         return self.compilation.plan.arena_bytes
 
     @property
@@ -187,16 +192,20 @@ class CompiledModel:
 def _checked_input(info: TensorInfo, value: Any) -> np.ndarray:
     """``value`` as an array of the input's dtype and shape, converting only without loss."""
     array = np.asarray(value)
-    expected = f"expected {info.dtype}[{','.join(map(str, info.shape))}]"
     if array.dtype != info.dtype:
         if not np.can_cast(array.dtype, info.dtype, casting="safe"):
             raise InputError(f"input '{info.name}' has dtype {array.dtype}, which does not "
-                             f"convert to {info.dtype} without loss; {expected} (convert it "
-                             f"with .astype(np.{info.dtype}) if the loss is intended)")
+                             f"convert to {info.dtype} without loss; {_expected(info)} "
+                             f"(convert it with .astype(np.{info.dtype}) if the loss is "
+                             "intended)")
         array = array.astype(info.dtype)
     if array.shape != info.shape:
-        raise InputError(f"input '{info.name}' has shape {array.shape}; {expected}")
-    return np.ascontiguousarray(array)
+        raise InputError(f"input '{info.name}' has shape {array.shape}; {_expected(info)}")
+    return array if array.flags.c_contiguous else np.ascontiguousarray(array)
+
+
+def _expected(info: TensorInfo) -> str:
+    return f"expected {info.dtype}[{','.join(map(str, info.shape))}]"
 
 
 class Outputs(Sequence):
