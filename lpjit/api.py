@@ -182,7 +182,7 @@ class CompiledModel:
         return self.compilation.library.assembly()
 
     def __repr__(self) -> str:
-        ins = ", ".join(info.describe() for info in self.inputs)
+        ins = ", ".join(info.describe() for info in self.inputs) or "(none)"
         outs = ", ".join(info.describe() for info in self.outputs)
         return (f"<CompiledModel '{self.name}'\n  inputs:  {ins}\n  outputs: {outs}\n"
                 f"  target:  {self.target}, threads={self.threads}, "

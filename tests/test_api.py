@@ -246,6 +246,18 @@ def test_a_parameter_returned_twice_and_a_constant_output_are_copied() -> None:
     assert first.ctypes.data != second.ctypes.data != data.ctypes.data
 
 
+def test_a_model_without_inputs_computes_its_folded_constants() -> None:
+    table = np.random.default_rng(12).normal(size=(2, 3)).astype(np.float32)
+    c = Constant.of(table, Origin("1", "table", "Const"))
+    doubled = ew.Add(origin=Origin("2", "doubled", "Add"), inputs=(c.output, c.output))
+    graph = Graph("constant", [], [Result(origin=Origin("3", "out", "Result"),
+                                          inputs=(doubled.output,))])
+    compiled = lpjit.compile(graph, threads=1, verify=True)
+    assert repr(compiled).splitlines()[1] == "  inputs:  (none)"
+    np.testing.assert_array_equal(compiled()[0], table + table)
+    np.testing.assert_array_equal(compiled({})["out"], table + table)
+
+
 # -- concurrency -------------------------------------------------------------------------------
 
 
