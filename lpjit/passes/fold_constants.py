@@ -97,6 +97,8 @@ class _Folder:
 
     def _wide_value(self, node: Node) -> np.ndarray | None:
         """The f32 value of ``node`` when it starts, continues or ends a decompression chain."""
+        if not node.inputs:
+            return None
         out = node.output_types[0].dtype
         first = node.inputs[0].node
         if isinstance(node, Convert):
