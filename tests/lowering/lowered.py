@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+import attrs
 import numpy as np
 import openvino as ov
 import oracle
@@ -20,6 +21,14 @@ from lowering.lower_graph import LoweringOptions, lower_graph_to_loops
 from lowering.program import Program
 from lowering.program_exec import llvm_compiler, run_program
 from lpjit import reference
+
+
+@attrs.frozen(eq=False)
+class Lowered:
+    """A checked program and its outputs (from the LLVM path)."""
+
+    program: Program
+    outputs: list[np.ndarray]
 
 
 def lower_model(model: ov.Model, tmp_path: Path, threads: int = 0) -> tuple:
@@ -39,8 +48,8 @@ def assert_matches(actual: np.ndarray, expected: np.ndarray, rtol: float, atol: 
 
 def check_lowered(model: ov.Model, tmp_path: Path, inputs: Sequence[np.ndarray] | None = None,
                   rtol: float = 1e-4, atol: float = 1e-5, seed: int = 0,
-                  threads: int = 0) -> Program:
-    """Lower ``model`` and check both executors against the reference; returns the program."""
+                  threads: int = 0) -> Lowered:
+    """Lower ``model`` and check both executors against the reference."""
     graph, program = lower_model(model, tmp_path, threads)
     inputs = list(oracle.random_inputs(model, seed) if inputs is None else inputs)
     expected = reference.run(graph, inputs)
@@ -51,4 +60,4 @@ def check_lowered(model: ov.Model, tmp_path: Path, inputs: Sequence[np.ndarray] 
         assert_matches(n, e, rtol, atol, f"output {index}: numba vs reference")
         assert_matches(m, e, rtol, atol, f"output {index}: LLVM vs reference")
         assert_matches(m, n, 1e-5, 1e-6, f"output {index}: LLVM vs numba")
-    return program
+    return Lowered(program, by_llvm)

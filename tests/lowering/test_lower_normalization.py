@@ -38,7 +38,8 @@ def test_softmax_innermost_fused_with_multiply(tmp_path):
     between passes, and the Multiply after SoftMax is fused into the same kernel."""
     x = parameter()
     scaled = opset1.multiply(opset1.softmax(x, 3), opset1.constant(np.float32(3.0)))
-    program = check_lowered(ov.Model([scaled], [x]), tmp_path, inputs=uniform(SHAPE, -6, 6))
+    inputs = uniform(SHAPE, -6, 6)
+    program = check_lowered(ov.Model([scaled], [x]), tmp_path, inputs=inputs).program
     assert len(program.steps) == 1
 
 

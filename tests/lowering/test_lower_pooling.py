@@ -1,0 +1,111 @@
+"""MaxPool-1/8/14 and AvgPool-1/14 lowered to loops, on numba and LLVM, against the reference.
+
+Values: rtol 1e-4 / atol 1e-5 (AvgPool sums in float32 where the reference uses float64);
+indices and integer data: exact.  The geometries are the awkward ones: ceil rounding whose last
+windows lie wholly in the end padding (MaxPool gives the lowest float, AvgPool without pads
+0/0 = NaN), asymmetric pads, auto_pad, dilations, ceil_torch, 1D and 3D, batch > 1, and an
+input wide enough for a vectorized interior between the scalar borders.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import openvino as ov
+import pytest
+from lowered import check_lowered
+from openvino import opset1, opset8, opset14
+
+from lowering.loop_ir import For
+from lowering.traversal import walk
+
+pytestmark = pytest.mark.oracle
+
+
+def parameter(shape, dtype=np.float32) -> ov.Node:
+    return opset1.parameter(list(shape), dtype, name="x")
+
+
+def model(outputs, x) -> ov.Model:
+    return ov.Model([o if isinstance(o, ov.Output) else o.output(0) for o in outputs], [x])
+
+
+def test_v1_pools_ceil_windows_in_the_end_padding(tmp_path):
+    """Kernel (2, 3), stride 2, pads (0, 1)/(1, 1), ceil: MaxPool-1, AvgPool-1 with the pads
+    counted (divisor 6) and excluded (divisor = in-bounds taps)."""
+    x = parameter((2, 3, 8, 7))
+    geometry = ((2, 2), (0, 1), (1, 1), (2, 3))
+    outputs = [opset1.max_pool(x, *geometry, rounding_type="ceil"),
+               opset1.avg_pool(x, *geometry, False, rounding_type="ceil"),
+               opset1.avg_pool(x, *geometry, True, rounding_type="ceil")]
+    check_lowered(model(outputs, x), tmp_path)
+
+
+def test_avg_pool_without_pads_divides_by_in_bounds_taps(tmp_path):
+    """No pads: a ceil-mode window past the end divides by its in-bounds taps, and one with
+    none (stride 3 > kernel: the third window starts past the end of the rows and of the
+    columns) gives NaN, as the reference (and OpenVINO's CPU plugin)."""
+    x = parameter((1, 2, 5, 6))
+    pool = opset1.avg_pool(x, (3, 3), (0, 0), (0, 0), (1, 2), False, rounding_type="ceil")
+    (values,) = check_lowered(model([pool], x), tmp_path).outputs
+    outside = np.zeros((3, 3), bool)
+    outside[2, :] = outside[:, 2] = True
+    np.testing.assert_array_equal(np.isnan(values), np.broadcast_to(outside, values.shape))
+
+
+@pytest.mark.parametrize("opset, rounding, dilations, axis, index_type, auto_pad", [
+    (opset8, "ceil", (2, 1), 2, "i32", "explicit"),
+    (opset8, "floor", (1, 2), 1, "i64", "same_upper"),
+    (opset14, "ceil_torch", (1, 1), -1, "i32", "explicit"),
+    (opset14, "ceil", (1, 1), 0, "i64", "same_lower"),
+])
+def test_max_pool_values_and_indices(tmp_path, opset, rounding, dilations, axis, index_type,
+                                     auto_pad):
+    """The first maximum's position, flattened from dim ``axis`` on."""
+    x = parameter((2, 3, 7, 6))
+    pool = opset.max_pool(x, (2, 1), dilations, (1, 0), (1, 1), (3, 2), rounding_type=rounding,
+                          auto_pad=auto_pad, index_element_type=index_type, axis=axis)
+    check_lowered(model([pool.output(0), pool.output(1)], x), tmp_path)
+
+
+def test_pools_1d_and_3d(tmp_path):
+    x1 = parameter((2, 3, 11))
+    pool1 = opset8.max_pool(x1, (3,), (2,), (1,), (2,), (4,), rounding_type="ceil", axis=0)
+    avg1 = opset1.avg_pool(x1, (3,), (1,), (2,), (4,), False, rounding_type="ceil")
+    check_lowered(ov.Model([pool1.output(0), pool1.output(1), avg1.output(0)], [x1]),
+                  tmp_path / "1d")
+    x3 = parameter((1, 2, 5, 4, 6))
+    pool3 = opset8.max_pool(x3, (1, 2, 2), (1, 1, 2), (1, 0, 1), (0, 1, 1), (2, 1, 3),
+                            rounding_type="ceil", axis=1)
+    avg3 = opset14.avg_pool(x3, (1, 2, 2), (1, 0, 1), (0, 0, 1), (2, 1, 3), True,
+                            rounding_type="ceil_torch")
+    check_lowered(ov.Model([pool3.output(0), pool3.output(1), avg3.output(0)], [x3]),
+                  tmp_path / "3d")
+
+
+def test_wide_rows_vectorized_interior_and_fused_fake_quantize(tmp_path):
+    """Stride 2 over 41 columns: scalar borders around a vectorized interior.  The
+    FakeQuantize after AvgPool runs in the pool's kernel; MaxPool-8's unused indices are not
+    computed."""
+    x = parameter((1, 3, 9, 41))
+    avg = opset1.avg_pool(x, (2, 2), (1, 1), (1, 1), (3, 3), True)
+    limits = [opset1.constant(np.float32(v)) for v in (-1.0, 1.0, -1.0, 1.0)]
+    fq = opset1.fake_quantize(avg, *limits, 255)
+    pool = opset8.max_pool(x, (1, 1), (1, 1), (1, 1), (1, 1), (3, 3))
+    program = check_lowered(model([fq, pool.output(0)], x), tmp_path).program
+    assert len(program.steps) == 2
+    kinds = {n.kind.name for s in program.steps for n in walk(s.kernel.body)
+             if isinstance(n, For)}
+    assert {"vectorized", "parallel"} <= kinds
+    assert len(program.outputs) == 2
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int8])
+def test_pools_on_integer_data(tmp_path, dtype):
+    """Integer MaxPool pads with the type's minimum; integer AvgPool rounds half to even."""
+    x = parameter((1, 2, 5, 6), dtype)
+    max_pool = opset8.max_pool(x, (2, 2), (1, 1), (0, 0), (1, 1), (2, 2), rounding_type="ceil")
+    avg_pool = opset1.avg_pool(x, (1, 2), (0, 1), (0, 1), (2, 2), True)
+    low = 0 if dtype == np.uint8 else -50
+    values = np.random.default_rng(6).integers(low, 100, (1, 2, 5, 6)).astype(dtype)
+    outputs = [max_pool.output(0), max_pool.output(1), avg_pool.output(0)]
+    check_lowered(ov.Model(outputs, [x]), tmp_path, inputs=[values])
