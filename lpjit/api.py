@@ -78,6 +78,7 @@ class TensorInfo:
         return f"{self.name}: {self.dtype}[{','.join(map(str, self.shape))}]"
 
     def answers_to(self, name: str) -> bool:
+        """True when ``name`` is this tensor's name or one of its aliases."""
         return name == self.name or name in self.aliases
 
 
@@ -217,6 +218,7 @@ class Outputs(Sequence):
 
     @property
     def names(self) -> tuple[str, ...]:
+        """Output names in Result order."""
         return tuple(info.name for info in self._infos)
 
     def __getitem__(self, key):  # type: ignore[override]

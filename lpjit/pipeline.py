@@ -121,6 +121,7 @@ class PassRunner:
 
     @property
     def total_seconds(self) -> float:
+        """Wall time of every step so far."""
         return sum(r.seconds for r in self.records)
 
 

@@ -41,6 +41,7 @@ class ProgramModule:
 
     @property
     def ir_module(self) -> ir.Module:
+        """The llvmlite module (kernels and entry point)."""
         return self.lowered.ir_module
 
 
@@ -101,6 +102,7 @@ class _RootPointers:
         self.values: dict[int, ir.Value] = {}
 
     def of(self, buffer: Buffer) -> ir.Value:
+        """The pointer a kernel receives for ``buffer``: its root's memory."""
         root = buffer.root
         if id(root) not in self.values:
             self.values[id(root)] = self._compute(root)

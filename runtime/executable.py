@@ -46,10 +46,12 @@ class BufferSpec:
 
     @classmethod
     def of(cls, buffer: Buffer) -> BufferSpec:
+        """The spec of a program input or output buffer."""
         return cls(buffer.name, buffer.shape, buffer.dtype.numpy, buffer.alignment)
 
     @property
     def nbytes(self) -> int:
+        """Size of the array in bytes."""
         return int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
 
 

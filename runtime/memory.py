@@ -55,10 +55,12 @@ class Placement:
 
     @property
     def buffer(self) -> Buffer:
+        """The placed root buffer."""
         return self.lifetime.buffer
 
     @property
     def end(self) -> int:
+        """One past the buffer's last byte in the arena."""
         return self.offset + self.lifetime.size
 
 

@@ -67,6 +67,7 @@ class _Folder:
         self.split: dict[Value, Constant] = {}     # output of a folded multi-output node
 
     def rewrite(self, node: Node) -> Node:
+        """``node`` folded into a Constant when its inputs are all Constants (for ``rebuild``)."""
         node = self._split_inputs(node)
         if isinstance(node, (Parameter, Result, Constant)) or not _all_constant(node):
             return node
