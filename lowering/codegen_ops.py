@@ -227,6 +227,23 @@ def _abs(c: OpContext, x: ir.Value) -> ir.Value:
     return c.overloaded("fabs", x)
 
 
+def _pow(c: OpContext, a: ir.Value, b: ir.Value) -> ir.Value:
+    """Float: ``llvm.pow`` (libm ``pow``).  Integer: square-and-multiply over every bit of
+    ``b`` (read as unsigned), unrolled and branch-free, wrapping like the type."""
+    element = getattr(a.type, "element", a.type)
+    if not isinstance(element, ir.IntType):
+        return c.overloaded("pow", a, b)
+    bld = c.builder
+    result, base = constant(a.type, 1), a
+    for k in range(element.width):
+        bit = bld.and_(bld.lshr(b, constant(b.type, k)), constant(b.type, 1))
+        taken = bld.icmp_unsigned("!=", bit, constant(b.type, 0))
+        result = bld.select(taken, bld.mul(result, base), result)
+        if k + 1 < element.width:
+            base = bld.mul(base, base)
+    return result
+
+
 MATH: dict[str, Callable[..., ir.Value]] = {
     "exp": lambda c, x: c.overloaded("exp", x),
     "log": lambda c, x: c.overloaded("log", x),
@@ -238,6 +255,7 @@ MATH: dict[str, Callable[..., ir.Value]] = {
     "round_half_even": lambda c, x: c.overloaded("roundeven", x),
     "abs": _abs,
     "fma": lambda c, a, b, d: c.overloaded("fma", a, b, d),
+    "pow": _pow,
 }
 
 

@@ -14,12 +14,28 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from lowering import builder as lb
-from lowering.loop_ir import (Cast, Expr, FloatImm, Select, as_expr, f32, from_dtype, i1, i32,
-                              i64, value_type)
+from lowering.loop_ir import (
+    Broadcast,
+    Buffer,
+    Cast,
+    Expr,
+    FloatImm,
+    Load,
+    Select,
+    as_expr,
+    f32,
+    f64,
+    from_dtype,
+    i1,
+    i32,
+    i64,
+    value_type,
+)
 from lpjit.errors import LoweringError
-from lpjit.graph import Node
+from lpjit.graph import Node, Shape
 from lpjit.ops import activations as act
-from lpjit.ops import core, elementwise as ew
+from lpjit.ops import core
+from lpjit.ops import elementwise as ew
 from lpjit.ops.quantize import FakeQuantize
 
 Emitter = Callable[[Node, Sequence[Expr]], Expr]
@@ -41,11 +57,15 @@ def is_elementwise(node: Node) -> bool:
 
 
 def _emittable(node: Node) -> bool:
-    # Integer division and power have no loop-IR form yet: they run as their own kernels
-    # through the generic path only when their dtype is float.
-    if isinstance(node, (ew.Divide, ew.Power)) and not node.output_types[0].dtype.is_float:
-        return False
     return all(v.dtype.name != "f64" for v in node.inputs)
+
+
+def operand_shape(node: Node, port: int) -> Shape:
+    """The shape input ``port`` of ``node`` is read as before numpy broadcasting to the output:
+    its own, except PReLU's per-channel slope ``[C]``, read as ``[1, C, 1, ...]``."""
+    if isinstance(node, act.PRelu) and port == 1:
+        return node.slope_shape()
+    return node.inputs[port].shape
 
 
 def emit(node: Node, args: Sequence[Expr]) -> Expr:
@@ -65,22 +85,56 @@ def f32imm(value: float, like: Expr) -> Expr:
     return as_expr(float(np.float32(value)), f32.with_lanes(like.type.lanes))
 
 
+def is_nan(x: Expr) -> Expr:
+    return lb.compare("ne", x, x)
+
+
+def np_maximum(a: Expr, b: Expr) -> Expr:
+    """numpy's ``maximum``: ``(a >= b or isnan(a)) ? a : b`` on floats (NaN from either side
+    wins, ``maximum(-0., 0.)`` is ``-0.``), ``max`` on integers."""
+    if not a.type.is_float:
+        return lb.max_(a, b)
+    return Select(lb.binary("or", lb.ge(a, b), is_nan(a)), a, b)
+
+
+def np_minimum(a: Expr, b: Expr) -> Expr:
+    """numpy's ``minimum``: ``(a <= b or isnan(a)) ? a : b`` on floats."""
+    if not a.type.is_float:
+        return lb.min_(a, b)
+    return Select(lb.binary("or", lb.le(a, b), is_nan(a)), a, b)
+
+
 # -- arithmetic ----------------------------------------------------------------------------
 
-_BINARY_OPS = {ew.Add: "add", ew.Subtract: "sub", ew.Multiply: "mul", ew.Maximum: "max",
-               ew.Minimum: "min", ew.Divide: "div"}
+_BINARY_OPS = {ew.Add: "add", ew.Subtract: "sub", ew.Multiply: "mul"}
 
 
 @emitter(*_BINARY_OPS)
 def _binary(node: Node, args: Sequence[Expr]) -> Expr:
+    return lb.binary(_BINARY_OPS[type(node)], args[0], args[1])
+
+
+@emitter(ew.Maximum, ew.Minimum)
+def _max_min(node: Node, args: Sequence[Expr]) -> Expr:
+    return (np_maximum if isinstance(node, ew.Maximum) else np_minimum)(args[0], args[1])
+
+
+@emitter(ew.Divide)
+def _divide(node: ew.Divide, args: Sequence[Expr]) -> Expr:
+    """Float: ``a / b``.  Integer: truncating, or flooring with ``python_division``; never
+    traps: ``b == 0`` gives 0 (numpy's ``floor_divide``; the reference's truncating form is
+    undefined there) and ``b == -1`` gives ``-a``, wrapping (``MIN / -1``)."""
     a, b = args
-    op = _BINARY_OPS[type(node)]
-    if op in ("max", "min") and a.type.is_float:
-        # numpy/OpenVINO propagate NaN from either side; LLVM's select form would not.
-        cmp = lb.gt(a, b) if op == "max" else lb.lt(a, b)
-        chosen = Select(cmp, a, b)
-        return Select(lb.compare("ne", a, a), a, Select(lb.compare("ne", b, b), b, chosen))
-    return lb.binary(op, a, b)
+    if a.type.is_float:
+        return lb.binary("div", a, b)
+    op = "floordiv" if node.python_division else "div"
+    zero = lb.eq(b, 0)
+    if not a.type.is_signed:
+        return Select(zero, imm(0, a), lb.binary(op, a, Select(zero, imm(1, b), b)))
+    minus_one = lb.eq(b, -1)
+    divisor = Select(lb.binary("or", zero, minus_one), imm(1, b), b)
+    quotient = Select(minus_one, lb.binary("sub", imm(0, a), a), lb.binary(op, a, divisor))
+    return Select(zero, imm(0, a), quotient)
 
 
 @emitter(ew.SquaredDifference)
@@ -91,7 +145,37 @@ def _squared_difference(node: Node, args: Sequence[Expr]) -> Expr:
 
 @emitter(ew.Power)
 def _power(node: Node, args: Sequence[Expr]) -> Expr:
-    return lb.call("pow", args[0], args[1])
+    """libm ``pow`` (floats) or exact wrapping integer power (negative integer exponents are
+    an error in numpy: undefined here); a constant exponent 1 or 2 is ``x`` or ``x * x``."""
+    x, exponent = args
+    constant = _constant_value(exponent)
+    if constant == 1:
+        return x
+    if constant == 2:
+        return lb.binary("mul", x, x)
+    return lb.call("pow", x, exponent)
+
+
+def _constant_value(e: Expr) -> float | None:
+    """The value of ``e`` when it reads a constant buffer holding one value everywhere."""
+    if isinstance(e, Broadcast):
+        e = e.value
+    if isinstance(e, FloatImm):
+        return e.value
+    if not isinstance(e, Load) or e.buffer.root.role != "constant":
+        return None
+    data = _buffer_data(e.buffer)
+    if data is None or data.size == 0 or not (data == data.flat[0]).all():
+        return None
+    return float(data.flat[0])
+
+
+def _buffer_data(buffer: Buffer) -> np.ndarray | None:
+    """The data a view of a constant reads (``None`` when it is not all of its root's)."""
+    root = buffer.root
+    if root.data is None or buffer.numel != root.numel or buffer.root_offset:
+        return None
+    return root.data
 
 
 _COMPARE_OPS = {ew.Equal: "eq", ew.NotEqual: "ne", ew.Greater: "gt", ew.GreaterEqual: "ge",
@@ -131,11 +215,13 @@ def _convert(node: Node, args: Sequence[Expr]) -> Expr:
     if dst.is_float:
         return Cast(x, dst, "exact" if src.bits < 24 or src.is_float else "nearest")
     if src.is_float:
-        # Clamp into i64 range (NaN -> 0) so the truncation is defined, then wrap.
-        clean = Select(lb.compare("ne", x, x), imm(0.0, x), x)
-        clean = lb.max_(lb.min_(clean, imm(9.2e18, x)), imm(-9.2e18, x))
-        wide = Cast(clean, i64, "trunc")
-        return Cast(wide, dst, "wrap")
+        # The reference truncates in float64, maps NaN to 0 and converts to i64 on x86, where
+        # a value outside [-2^63, 2^63) becomes INT64_MIN; then the low bits are kept.
+        inside = lb.binary("and", lb.ge(x, imm(-2.0**63, x)), lb.lt(x, imm(2.0**63, x)))
+        wide = Cast(Select(inside, x, imm(0.0, x)), i64, "trunc")
+        wide = Select(inside, wide, imm(-2**63, wide))
+        wide = Select(is_nan(x), imm(0, wide), wide)
+        return wide if dst == i64 else Cast(wide, dst, "wrap")
     if src == i1:
         return Cast(x, dst, "exact")
     widen = dst.bits > src.bits and (dst.is_signed or not src.is_signed)
@@ -152,7 +238,7 @@ def _sigmoid(x: Expr) -> Expr:
 @emitter(act.Relu)
 def _relu(node: Node, args: Sequence[Expr]) -> Expr:
     (x,) = args
-    return Select(lb.gt(x, imm(0, x)), x, imm(0, x)) if x.type.is_float else lb.max_(x, 0)
+    return np_maximum(x, imm(0, x))
 
 
 @emitter(act.Sigmoid)
@@ -168,8 +254,8 @@ _UNARY_CALLS = {act.Tanh: "tanh", act.Exp: "exp", act.Log: "log", act.Erf: "erf"
 def _unary_call(node: Node, args: Sequence[Expr]) -> Expr:
     (x,) = args
     func = _UNARY_CALLS[type(node)]
-    if not x.type.is_float and func in ("floor", "ceil"):
-        return x
+    if not x.type.is_float and (func in ("floor", "ceil") or not x.type.is_signed):
+        return x        # rounding an integer, |unsigned|
     return lb.call(func, x)
 
 
@@ -181,29 +267,49 @@ def _negative(node: Node, args: Sequence[Expr]) -> Expr:
 
 @emitter(act.Clamp)
 def _clamp(node: act.Clamp, args: Sequence[Expr]) -> Expr:
+    """``minimum(maximum(x, min), max)``, bounds rounded to f32, or to ``ceil(min)`` and
+    ``floor(max)`` clipped to the range of an integer type."""
     (x,) = args
-    low, high = node.min, node.max
-    if not x.type.is_float:
-        low, high = math.ceil(low), math.floor(high)
-    return lb.min_(lb.max_(x, imm(low, x)), imm(high, x))
+    if x.type.is_float:
+        low, high = f32imm(node.min, x), f32imm(node.max, x)
+    else:
+        t = x.type.elem
+        low = imm(min(max(math.ceil(node.min), t.min), t.max), x)
+        high = imm(min(max(math.floor(node.max), t.min), t.max), x)
+    return np_minimum(np_maximum(x, low), high)
+
+
+def _hsigmoid(x: Expr) -> Expr:
+    """``minimum(maximum(x + 3, 0), 6) / 6``."""
+    r6 = np_minimum(np_maximum(lb.binary("add", x, imm(3.0, x)), imm(0.0, x)), imm(6.0, x))
+    return lb.binary("div", r6, imm(6.0, x))
 
 
 @emitter(act.HSwish)
 def _hswish(node: Node, args: Sequence[Expr]) -> Expr:
-    (x,) = args
-    r6 = lb.min_(lb.max_(lb.binary("add", x, imm(3.0, x)), imm(0.0, x)), imm(6.0, x))
-    return lb.binary("div", lb.binary("mul", x, r6), imm(6.0, x))
+    return lb.binary("mul", args[0], _hsigmoid(args[0]))
 
 
 @emitter(act.HSigmoid)
-def _hsigmoid(node: Node, args: Sequence[Expr]) -> Expr:
-    (x,) = args
-    r6 = lb.min_(lb.max_(lb.binary("add", x, imm(3.0, x)), imm(0.0, x)), imm(6.0, x))
-    return lb.binary("div", r6, imm(6.0, x))
+def _hsigmoid_op(node: Node, args: Sequence[Expr]) -> Expr:
+    return _hsigmoid(args[0])
+
+
+def _log1p(t: Expr) -> Expr:
+    """``log(1 + t)`` accurate for tiny ``t`` (Kahan: ``u = 1 + t``; ``t`` when ``u`` rounds
+    to 1, else ``log(u) * t / (u - 1)``).  ``t`` and ``u`` are shared subexpressions, which
+    LLVM and numba evaluate once."""
+    one = imm(1.0, t)
+    u = lb.binary("add", one, t)
+    ratio = lb.binary("div", lb.binary("mul", lb.call("log", u), t), lb.binary("sub", u, one))
+    return Select(lb.eq(u, one), t, ratio)
 
 
 def _softplus(x: Expr) -> Expr:
-    return lb.call("log", lb.binary("add", lb.call("exp", x), imm(1.0, x)))
+    """``max(x, 0) + log1p(exp(-|x|))``: the reference's ``logaddexp(0, x)``, which never
+    overflows."""
+    t = lb.call("exp", lb.binary("sub", imm(0.0, x), lb.call("abs", x)))
+    return lb.binary("add", np_maximum(x, imm(0.0, x)), _log1p(t))
 
 
 @emitter(act.SoftPlus)
@@ -217,13 +323,19 @@ def _mish(node: Node, args: Sequence[Expr]) -> Expr:
     return lb.binary("mul", x, lb.call("tanh", _softplus(x)))
 
 
+def _in_f64(formula: Callable[[Expr], Expr], x: Expr) -> Expr:
+    """``formula`` evaluated in float64 and rounded once to f32, as the reference does."""
+    return Cast(formula(Cast(x, f64, "exact")), f32, "nearest")
+
+
 def _gelu_erf(x: Expr) -> Expr:
-    half = imm(0.5, x)
-    inner = lb.call("erf", lb.binary("mul", x, imm(1.0 / math.sqrt(2.0), x)))
-    return lb.binary("mul", lb.binary("mul", half, x), lb.binary("add", imm(1.0, x), inner))
+    """``0.5 * x * (1 + erf(x / sqrt(2)))``."""
+    inner = lb.call("erf", lb.binary("div", x, imm(math.sqrt(2.0), x)))
+    return lb.binary("mul", lb.binary("mul", imm(0.5, x), x), lb.binary("add", imm(1.0, x), inner))
 
 
 def _gelu_tanh(x: Expr) -> Expr:
+    """``0.5 * x * (1 + tanh(sqrt(2/pi) * (x + 0.044715 * x^3)))``."""
     cube = lb.binary("mul", lb.binary("mul", x, x), x)
     inner = lb.binary("mul", imm(math.sqrt(2.0 / math.pi), x),
                       lb.binary("add", x, lb.binary("mul", imm(0.044715, x), cube)))
@@ -233,12 +345,13 @@ def _gelu_tanh(x: Expr) -> Expr:
 
 @emitter(act.GeluV2)
 def _gelu2(node: Node, args: Sequence[Expr]) -> Expr:
-    return _gelu_erf(args[0])
+    return _in_f64(_gelu_erf, args[0])
 
 
 @emitter(act.GeluV7)
 def _gelu7(node: act.GeluV7, args: Sequence[Expr]) -> Expr:
-    return _gelu_tanh(args[0]) if node.approximation_mode == "tanh" else _gelu_erf(args[0])
+    formula = _gelu_tanh if node.approximation_mode == "tanh" else _gelu_erf
+    return _in_f64(formula, args[0])
 
 
 @emitter(act.Swish)
@@ -288,4 +401,4 @@ def _same_imm(a: Expr, b: Expr) -> bool:
     return isinstance(a, FloatImm) and isinstance(b, FloatImm) and a.value == b.value
 
 
-__all__ = ["EMITTERS", "emit", "emitter", "is_elementwise", "i32"]
+__all__ = ["EMITTERS", "emit", "emitter", "i32", "is_elementwise", "operand_shape"]

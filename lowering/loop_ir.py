@@ -311,7 +311,7 @@ INT_ONLY_BINARY_OPS = ("and", "or", "xor", "shl", "shr", "add_sat", "sub_sat")
 COMPARE_OPS = ("eq", "ne", "lt", "le", "gt", "ge")
 CAST_MODES = ("exact", "wrap", "nearest", "trunc", "round_even_sat")
 MATH_FUNCS = {"exp": 1, "log": 1, "sqrt": 1, "tanh": 1, "erf": 1, "floor": 1, "ceil": 1,
-              "round_half_even": 1, "abs": 1, "fma": 3}
+              "round_half_even": 1, "abs": 1, "fma": 3, "pow": 2}
 REDUCE_OPS = ("add", "min", "max")
 
 
@@ -472,7 +472,11 @@ class Cast(Expr):
 
 @attrs.frozen(eq=False, repr=False)
 class Call(Expr):
-    """A math function of ``MATH_FUNCS`` applied lane-wise; ``fma(a, b, c) = a*b + c`` rounded once."""
+    """A math function of ``MATH_FUNCS`` applied lane-wise; ``fma(a, b, c) = a*b + c`` rounded once.
+
+    ``pow(a, b)`` is libm's ``pow`` on floats; on integers, ``a`` to the power of ``b``'s bits
+    read as unsigned, by squaring, wrapping like the type.
+    """
 
     func: str
     args: tuple[Expr, ...] = attrs.field(converter=tuple)

@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 import attrs
 
 from lowering import builder as lb
-from lowering.emitters import emit, is_elementwise
+from lowering.emitters import emit, is_elementwise, operand_shape
 from lowering.fusion import Group, partition_graph
 from lowering.loop_ir import (Broadcast, Buffer, Expr, FloatImm, IntImm, Kernel, Load, Ramp, Stmt, Var,
                               contiguous_strides, from_dtype, vectorized)
@@ -130,10 +130,15 @@ class LoweringContext:
         self.buffers[value] = buffer
         return buffer
 
-    def load(self, value: Value, indices: Sequence[Expr], lanes: int = 1) -> Expr:
+    def load(self, value: Value, indices: Sequence[Expr], lanes: int = 1,
+             shape: Sequence[int] | None = None) -> Expr:
         """``value`` at output ``indices`` with numpy broadcasting (size-1 dims read index 0,
-        missing leading dims are dropped); scalars are broadcast to ``lanes``."""
+        missing leading dims are dropped); scalars are broadcast to ``lanes``.  ``shape``
+        reads the value as another shape equal to its own but for size-1 dimensions (a
+        PReLU slope ``[C]`` as ``[1, C, 1, 1]``)."""
         buffer = self.buffer(value)
+        if shape is not None and tuple(shape) != buffer.shape:
+            buffer = _unit_dims_view(buffer, tuple(shape))
         rank = len(buffer.shape)
         mine = list(indices)[len(indices) - rank:] if rank else []
         fixed = [IntImm(0) if extent == 1 else index for extent, index in zip(buffer.shape, mine)]
@@ -141,6 +146,13 @@ class LoweringContext:
         if expr.type.lanes == 1 and lanes > 1:
             expr = Broadcast(expr, lanes)
         return expr
+
+
+def _unit_dims_view(buffer: Buffer, shape: tuple[int, ...]) -> Buffer:
+    """``buffer`` seen as ``shape``: its non-1 dimensions in order, size-1 ones added or
+    dropped."""
+    strides = iter([s for n, s in zip(buffer.shape, buffer.strides) if n != 1])
+    return buffer.view(f"{buffer.name}_as", shape, [next(strides) if n != 1 else 1 for n in shape])
 
 
 @attrs.frozen(eq=False)
@@ -157,7 +169,8 @@ class Epilogue:
         lanes = value.type.lanes
         for node, port in zip(self.group.chain, self.group.ports):
             value = _bound(b, value)
-            args = [value if i == port else self.ctx.load(v, indices, lanes)
+            args = [value if i == port else
+                    self.ctx.load(v, indices, lanes, operand_shape(node, i))
                     for i, v in enumerate(node.inputs)]
             value = emit(node, args)
         return value
@@ -255,7 +268,8 @@ def lower_elementwise(ctx: LoweringContext, node: Node, epilogue: Epilogue) -> l
     indices: list[Expr] = []
     with loop_nest(b, shape, ctx.lanes, indices):
         lanes = 1
-        args = [_bound(b, ctx.load(v, indices, lanes)) for v in node.inputs]
+        args = [_bound(b, ctx.load(v, indices, lanes, operand_shape(node, i)))
+                for i, v in enumerate(node.inputs)]
         epilogue.store(b, indices, emit(node, args))
     return [make_kernel(b)]
 

@@ -220,10 +220,22 @@ class _SourceEmitter:
             if vector:
                 return f"_fma_v({', '.join(args)}).astype({_np(e.type)})"
             return f"{_np(e.type)}(_fma({', '.join(args)}))"
+        if e.func == "pow":
+            return self.power(e, args)
         func = _MATH[e.func]
         if e.func == "erf" and vector:
             func = "_erf_v"
         return f"{func}({args[0]})" if vector else f"{_np(e.type)}({func}({args[0]}))"
+
+    def power(self, e: Call, args: list[str]) -> str:
+        """Float: ``np.power`` (libm ``pow``); integer: square-and-multiply over the bits."""
+        t, (a, b) = e.type, args
+        if t.elem.is_float:
+            return f"np.power({a}, {b})" if t.lanes > 1 else f"{_np(t)}(np.power({a}, {b}))"
+        if t.lanes > 1:
+            lanes = ", ".join(f"_ipow({a}[{k}], {b}[{k}], {t.elem.bits})" for k in range(t.lanes))
+            return f"np.array([{lanes}]).astype({_np(t)})"
+        return f"{_np(t)}(_ipow({a}, {b}, {t.elem.bits}))"
 
     def immediate(self, e: IntImm | FloatImm) -> str:
         if e.type.is_bool:

@@ -22,6 +22,7 @@ __all__ = [
     "_f16_v",
     "_fma",
     "_fma_v",
+    "_ipow",
     "_reduce_add",
     "_reduce_max",
     "_reduce_min",
@@ -131,6 +132,18 @@ def _fma(a, b, c):
 @_jit
 def _fma_v(a, b, c):
     return a.astype(np.float64) * b.astype(np.float64) + c.astype(np.float64)
+
+
+@_jit
+def _ipow(a, e, bits):
+    """``a ** e`` for an integer type of ``bits`` bits: ``e``'s low bits read as unsigned,
+    square-and-multiply in int64 (the caller wraps to the type: low bits agree)."""
+    base, exponent, result = np.int64(a), np.int64(e), np.int64(1)
+    for k in range(bits):
+        if (exponent >> k) & 1:
+            result = result * base
+        base = base * base
+    return result
 
 
 @_jit

@@ -401,7 +401,7 @@ def _call(v: _Verifier, e: Call) -> str | None:
         return f"{e.func} takes {arity} arguments, got {len(e.args)}"
     if any(a.type != e.args[0].type for a in e.args):
         return f"arguments of {e.func} have different types"
-    if not e.type.elem.is_float and not (e.func == "abs" and e.type.elem.is_int):
+    if not e.type.elem.is_float and not (e.func in ("abs", "pow") and e.type.elem.is_int):
         return f"{e.func} needs float arguments, got {e.type}"
     return None
 
