@@ -15,7 +15,7 @@ import numpy as np
 
 from lowering import builder as lb
 from lowering.builder import KernelBuilder
-from lowering.loop_ir import PARALLEL, SERIAL, Buffer, Expr, Kernel, Var, f32, i32, u8, vectorized
+from lowering.loop_ir import PARALLEL, UNROLLED, Buffer, Expr, Kernel, Var, f32, i32, u8, vectorized
 from lowering.microkernels import DotI8Pairs, DotU8I8Quad, DotU8I8Saturating
 from lowering.schedule import Axis, LoopNest, Packing, apply_schedule, register_tile_schedule
 from lowering.verifier import verify_kernel
@@ -71,12 +71,14 @@ def pack_dot_weights(weights: np.ndarray, lanes: int, group: int) -> tuple[np.nd
 
 
 def matmul_u8i8(m: int, n: int, k: int, weights: np.ndarray, microkernel: str = "pairs",
-                lanes: int = 8, justification: str = "") -> Kernel:
-    """Exact ``C = A(u8) @ B(i8)`` in i32, ``lanes`` outputs per microkernel step.
+                lanes: int = 8, justification: str = "", rows: int = 4,
+                blocks: int = 2) -> Kernel:
+    """Exact ``C = A(u8) @ B(i8)`` in i32 with a ``rows x blocks`` tile of i32x``lanes`` registers.
 
-    Each step broadcasts ``group`` consecutive activations of a row to every lane and takes
-    the matching weights from the packed layout of ``pack_dot_weights``; the ``K % group``
-    remainder is a widened multiply-add, and a partial last column block goes through scratch.
+    Each microkernel step broadcasts ``group`` consecutive activations of a row to every lane
+    and takes the matching weights from the packed layout of ``pack_dot_weights``; the
+    ``K % group`` remainder is a widened multiply-add.  Rows and column blocks left over by the
+    tile get smaller tiles, and a partial last column block is written through scratch.
     """
     node, group = _DOT[microkernel]
     w_main, w_tail = pack_dot_weights(weights.astype(np.int8), lanes, group)
@@ -87,29 +89,48 @@ def matmul_u8i8(m: int, n: int, k: int, weights: np.ndarray, microkernel: str = 
     t = b.constant("T", w_tail)
     extra = {"justification": justification} if microkernel == "saturating" else {}
 
-    def block(row: Expr, nb: Expr | int, valid: int) -> None:
-        acc = b.local(lb.broadcast(0, lanes, i32), "acc")
-        with b.for_range(k // group, name="kg") as kg:
-            pair = lb.shuffle(a[row, lb.ramp(kg * group, group)], list(range(group)) * lanes)
-            weights_step = w[nb, kg, lb.ramp(0, lanes * group)]
-            b.assign(acc, node(acc, pair, weights_step, **extra))
-        for r in range(k % group):
-            activation = lb.broadcast(lb.cast(a[row, k // group * group + r], i32), lanes)
-            b.assign(acc, acc + activation * lb.cast(t[nb, r, lb.ramp(0, lanes)], i32))
-        if valid == lanes:
-            b.vstore(c, (row, nb * lanes), acc)
-            return
-        tile = b.allocate("tile", i32, (lanes,))
-        b.store(tile, (lb.ramp(0, lanes),), acc)
-        with b.for_range(valid, name="j") as j:
-            b.store(c, (row, nb * lanes + j), tile[j])
+    def tile(row0: Expr | int, tile_rows: int, nb0: Expr | int, tile_blocks: int,
+             valid: int) -> None:
+        """``tile_rows x tile_blocks`` accumulators; ``valid`` columns of the last block."""
+        acc = b.allocate("acc", i32, (tile_rows, tile_blocks * lanes))
+        with (b.for_range(tile_rows, kind=UNROLLED, name="r") as r,
+              b.for_range(tile_blocks, kind=UNROLLED, name="bb") as bb):
+            b.store(acc, (r, lb.ramp(bb * lanes, lanes)), lb.broadcast(0, lanes, i32))
+        with (b.for_range(k // group, name="kg") as kg,
+              b.for_range(tile_rows, kind=UNROLLED, name="r") as r):
+            step = lb.shuffle(a[row0 + r, lb.ramp(kg * group, group)], list(range(group)) * lanes)
+            with b.for_range(tile_blocks, kind=UNROLLED, name="bb") as bb:
+                place = (r, lb.ramp(bb * lanes, lanes))
+                weights_step = w[nb0 + bb, kg, lb.ramp(0, lanes * group)]
+                b.store(acc, place, node(acc[place], step, weights_step, **extra))
+        for rest in range(k % group):
+            with (b.for_range(tile_rows, kind=UNROLLED, name="r") as r,
+                  b.for_range(tile_blocks, kind=UNROLLED, name="bb") as bb):
+                place = (r, lb.ramp(bb * lanes, lanes))
+                activation = lb.cast(a[row0 + r, k // group * group + rest], i32)
+                product = lb.broadcast(activation, lanes) * lb.cast(
+                    t[nb0 + bb, rest, lb.ramp(0, lanes)], i32)
+                b.store(acc, place, acc[place] + product)
+        with (b.for_range(tile_rows, kind=UNROLLED, name="r") as r,
+              b.for_range(tile_blocks * lanes - (lanes - valid), kind=vectorized(lanes),
+                          name="j") as j):
+            b.store(c, (row0 + r, nb0 * lanes + j), acc[r, j])
 
-    with b.for_range(m, kind=PARALLEL, name="m") as row:
-        if n // lanes:
-            with b.for_range(n // lanes, kind=SERIAL, name="nb") as nb:
-                block(row, nb, lanes)
+    def row_tile(row0: Expr | int, tile_rows: int) -> None:
+        full = n // lanes
+        if full // blocks:
+            with b.for_range(full // blocks, name="nb") as nb:
+                tile(row0, tile_rows, nb * blocks, blocks, lanes)
+        if full % blocks:
+            tile(row0, tile_rows, full // blocks * blocks, full % blocks, lanes)
         if n % lanes:
-            block(row, n // lanes, n % lanes)
+            tile(row0, tile_rows, full, 1, n % lanes)
+
+    if m // rows:
+        with b.for_range(m // rows, kind=PARALLEL, name="m") as mo:
+            row_tile(mo * rows, rows)
+    if m % rows:
+        row_tile(m // rows * rows, m % rows)
     return b.build()
 
 

@@ -1,15 +1,21 @@
 """The second executor of loop IR: generated Python source compiled with ``numba.njit``.
 
 This is the executable definition of loop-IR semantics, written independently of the LLVM
-code generator, so tests that run a kernel on both catch a code generation bug.  Every buffer
-becomes a flat 1-D numpy array (views and strides become offset arithmetic); a scalar value
-is a numpy scalar re-wrapped in its type after each operation (so integer arithmetic wraps);
-a vector value is a small numpy array, never mutated in place.  Parallel and vectorized loops
-run serially.  f16 buffers are held as f32 and every store rounds to the nearest f16.
-Helpers (``_rsat``, ``_dot_pairs``, ...) give microkernels and casts their semantics.
+code generator, so tests that run a kernel on both catch a code generation bug.
+
+* Every buffer is a flat 1-D numpy array: views and strides become offset arithmetic.
+* A scalar value is a numpy scalar re-wrapped in its type after each operation, so integer
+  arithmetic wraps.  The scalar rules are written once (``_scalar_*``).
+* A vector value is a small numpy array computed lane by lane with the *same* scalar rules:
+  ``materialize`` emits ``t = np.empty(lanes); for k in range(lanes): t[k] = <lane k>``.  A
+  vector store first materializes its value, so every lane is read before any is written.
+* Parallel and vectorized loops run serially; f16 buffers are held as f32 and every store
+  rounds to the nearest f16.  Helpers (``_rsat``, ``_dot_pairs``, ...) in ``numba_helpers``
+  give casts, reductions and microkernels their meaning.
 
 The kernel runs as given: ``vectorized`` loops are *not* widened first, so the LLVM path
-(which widens them with ``vectorize_loops``) is checked against the scalar meaning.
+(which widens them with ``vectorize_loops``) is checked against the scalar meaning.  The
+generated code is plain loops and scalar operations, which numba compiles quickly.
 """
 
 from __future__ import annotations
@@ -44,6 +50,7 @@ from lowering.loop_ir import (
     LocalVar,
     Ramp,
     ReduceLanes,
+    ScalarType,
     Select,
     Seq,
     Shuffle,
@@ -54,7 +61,7 @@ from lowering.loop_ir import (
     f16,
 )
 from lowering.microkernels import DotI8Pairs, DotU8I8Quad, DotU8I8Saturating, Microkernel
-from lowering.traversal import constants_of
+from lowering.traversal import children, constants_of
 from lowering.verifier import verify_kernel
 
 _PY_OPS = {"add": "+", "sub": "-", "mul": "*", "and": "&", "or": "|", "xor": "^", "shl": "<<",
@@ -71,6 +78,40 @@ def _np(t: Type) -> str:
     return "np.bool_" if t.elem.is_bool else f"np.{t.elem.numpy.name}"
 
 
+# -- scalar rules (operands are Python source strings) -----------------------------------------
+
+def _scalar_binary(op: str, a: str, b: str, t: ScalarType) -> str:
+    """``a op b`` for scalars of type ``t`` (see ``loop_ir.Binary`` for the semantics)."""
+    if op in ("min", "max"):
+        return f"_select({a} {'<' if op == 'min' else '>'} {b}, {a}, {b})"
+    if op in ("add_sat", "sub_sat"):
+        sign = 1 if op == "add_sat" else -1
+        return f"{_np(t)}(_saturate({a}, {b}, {sign}, {t.min}, {t.max}))"
+    if op == "div":
+        return f"{_np(t)}({a} / {b})" if t.is_float else f"{_np(t)}(_tdiv({a}, {b}))"
+    if op == "floordiv" and t.is_float:
+        return f"{_np(t)}(np.floor({a} / {b}))"
+    if t.name == "i64" and op in ("add", "sub", "mul"):
+        return f"({a} {_PY_OPS[op]} {b})"          # numba's own integers are i64 already
+    return f"{_np(t)}({a} {_PY_OPS[op]} {b})"
+
+
+def _scalar_cast(value: str, target: ScalarType, mode: str) -> str:
+    if mode == "round_even_sat":
+        return f"{_np(target)}(_rsat({value}, {float(target.min)}, {float(target.max)}))"
+    return f"bool({value})" if target.is_bool else f"{_np(target)}({value})"
+
+
+def _scalar_call(func: str, args: list[str], t: ScalarType) -> str:
+    if func == "fma":
+        return f"{_np(t)}(_fma({', '.join(args)}))"
+    if func == "pow":   # libm pow on floats; square-and-multiply over the bits on integers
+        if t.is_float:
+            return f"{_np(t)}(np.power({args[0]}, {args[1]}))"
+        return f"{_np(t)}(_ipow({args[0]}, {args[1]}, {t.bits}))"
+    return f"{_np(t)}({_MATH[func]}({args[0]}))"
+
+
 class _SourceEmitter:
     """Turns one kernel into the text of a Python function."""
 
@@ -80,207 +121,272 @@ class _SourceEmitter:
         self.taken: set[str] = set(dir(helpers)) | {"np", "math"}
         self.lines: list[str] = []
         self.globals: dict[str, np.ndarray] = {}
+        self.indent = 0
+        self.temporaries = 0
+        self.prepared: dict[int, str] = {}
 
     def name(self, thing: Var | Buffer) -> str:
         key = id(thing)
         if key not in self.names:
-            base = re.sub(r"\W", "_", thing.name) or "v"
-            base = f"v_{base}" if base[0].isdigit() or base[0] == "_" else base
-            base = f"{base}_" if keyword.iskeyword(base) else base
-            candidate, count = base, 0
-            while candidate in self.taken:
-                count += 1
-                candidate = f"{base}_{count}"
-            self.taken.add(candidate)
-            self.names[key] = candidate
+            self.names[key] = self.fresh(thing.name)
         return self.names[key]
 
-    def emit(self, indent: int, text: str) -> None:
-        self.lines.append("    " * indent + text)
+    def fresh(self, wanted: str) -> str:
+        base = re.sub(r"\W", "_", wanted) or "v"
+        base = f"v_{base}" if base[0].isdigit() or base[0] == "_" else base
+        base = f"{base}_" if keyword.iskeyword(base) else base
+        candidate, count = base, 0
+        while candidate in self.taken:
+            count += 1
+            candidate = f"{base}_{count}"
+        self.taken.add(candidate)
+        return candidate
+
+    def temporary(self, prefix: str) -> str:
+        self.temporaries += 1
+        return f"_{prefix}{self.temporaries}"
+
+    def emit(self, text: str) -> None:
+        self.lines.append("    " * self.indent + text)
 
     # -- program ---------------------------------------------------------------------------
     def function(self) -> str:
         k = self.kernel
-        params = [self.name(p.root if isinstance(p, Buffer) else p) for p in k.params]
+        params, seen = [], set()
+        for p in k.params:
+            thing = p.root if isinstance(p, Buffer) else p
+            params.append(self.name(thing) if id(thing) not in seen else self.fresh("alias"))
+            seen.add(id(thing))
         params += [self.name(c) for c in constants_of(k)]
-        self.emit(0, f"def {self.name(Var(k.name))}({', '.join(params)}):")
-        self.stmt(k.body, 1)
-        self.emit(1, "return")
+        self.emit(f"def {self.fresh(k.name)}({', '.join(params)}):")
+        self.block(k.body)
+        self.emit("    return")
         return "\n".join(self.lines) + "\n"
 
     # -- statements ------------------------------------------------------------------------
-    def stmt(self, s: Stmt, indent: int) -> None:
-        _STMTS[type(s)](self, s, indent)
+    def stmt(self, s: Stmt) -> None:
+        _STMTS[type(s)](self, s)
 
-    def store(self, s: Store, indent: int) -> None:
-        value = self.expr(s.value)
-        if s.buffer.dtype == f16:
-            value = f"_f16_v({value})" if s.value.type.lanes > 1 else f"_f16({value})"
-        self.emit(indent, f"{self.address(s.buffer, s.indices)} = {value}")
-
-    def for_loop(self, s: For, indent: int) -> None:
-        self.emit(indent, f"for {self.name(s.var)} in range({s.extent}):")
-        self.block(s.body, indent + 1)
-
-    def block(self, s: Stmt, indent: int) -> None:
+    def block(self, s: Stmt) -> None:
+        """``s`` one level deeper (``pass`` if it emits nothing)."""
+        self.indent += 1
         before = len(self.lines)
-        self.stmt(s, indent)
+        self.stmt(s)
         if len(self.lines) == before:
-            self.emit(indent, "pass")
+            self.emit("pass")
+        self.indent -= 1
 
-    def if_stmt(self, s: If, indent: int) -> None:
-        self.emit(indent, f"if {self.expr(s.cond)}:")
-        self.block(s.then, indent + 1)
+    def store(self, s: Store) -> None:
+        lanes = s.value.type.lanes
+        rounding = "_f16" if s.buffer.dtype == f16 else ""
+        if lanes == 1:
+            value = self.expr(s.value)
+            self.emit(f"{self.element(s.buffer, s.indices, None)} = {rounding}({value})")
+            return
+        value = self.materialize(s.value)
+        k = self.temporary("k")
+        self.emit(f"for {k} in range({lanes}):")
+        self.indent += 1
+        self.emit(f"{self.element(s.buffer, s.indices, k)} = {rounding}({value}[{k}])")
+        self.indent -= 1
+
+    def for_loop(self, s: For) -> None:
+        if s.extent == 1:
+            self.emit(f"{self.name(s.var)} = 0")
+            self.stmt(s.body)
+            return
+        self.emit(f"for {self.name(s.var)} in range({s.extent}):")
+        self.block(s.body)
+
+    def if_stmt(self, s: If) -> None:
+        self.emit(f"if {self.expr(s.cond)}:")
+        self.block(s.then)
         if s.otherwise is not None:
-            self.emit(indent, "else:")
-            self.block(s.otherwise, indent + 1)
+            self.emit("else:")
+            self.block(s.otherwise)
 
-    def binding(self, s: Let | LocalVar, indent: int) -> None:
-        value = s.value if isinstance(s, Let) else s.init
-        self.emit(indent, f"{self.name(s.var)} = {self.expr(value)}")
-        self.stmt(s.body, indent)
+    def bind(self, var: Var, value: Expr) -> None:
+        text = self.materialize(value) if value.type.lanes > 1 else self.expr(value)
+        self.emit(f"{self.name(var)} = {text}")
 
-    def allocate(self, s: Allocate, indent: int) -> None:
+    def binding(self, s: Let | LocalVar) -> None:
+        self.bind(s.var, s.value if isinstance(s, Let) else s.init)
+        self.stmt(s.body)
+
+    def allocate(self, s: Allocate) -> None:
         b = s.buffer
         dtype = "np.float32" if b.dtype == f16 else _np(b.dtype)
-        self.emit(indent, f"{self.name(b)} = np.empty({b.span}, {dtype})")
-        self.stmt(s.body, indent)
+        self.emit(f"{self.name(b)} = np.empty({b.span}, {dtype})")
+        self.stmt(s.body)
 
     # -- memory ----------------------------------------------------------------------------
-    def address(self, buffer: Buffer, indices: tuple[Expr, ...]) -> str:
-        """``array[offset]``, ``array[start:stop]`` (dense) or ``array[offsets]`` (gather)."""
-        array = self.name(buffer.root)
-        lanes = max(i.type.lanes for i in indices) if indices else 1
-        last = indices[-1] if indices else None
-        dense = (lanes > 1 and isinstance(last, Ramp) and last.stride == 1
-                 and buffer.strides[-1] == 1 and all(i.type.lanes == 1 for i in indices[:-1]))
-        if lanes == 1 or dense:
-            scalar_indices = (*indices[:-1], last.base) if dense else indices
-            offset = self.offset(buffer, [self.expr(i) for i in scalar_indices])
-            return f"{array}[{offset}:{offset} + {lanes}]" if dense else f"{array}[{offset}]"
-        parts = [f"{self.expr(i)}.astype(np.int64)" if i.type.lanes > 1 else self.expr(i)
+    def element(self, buffer: Buffer, indices: tuple[Expr, ...], lane: str | None) -> str:
+        """``array[offset]`` of one element (of lane ``lane`` for a vector access)."""
+        parts = [self.expr(i) if lane is None or i.type.lanes == 1 else self.lane(i, lane)
                  for i in indices]
-        return f"{array}[{self.offset(buffer, parts)}]"
-
-    @staticmethod
-    def offset(buffer: Buffer, indices: list[str]) -> str:
         terms = [str(buffer.root_offset)] if buffer.root_offset else []
-        for index, stride in zip(indices, buffer.strides):
+        for index, stride in zip(parts, buffer.strides):
             terms.append(index if stride == 1 else f"{index} * {stride}")
-        if not terms:
-            return "0"
-        return terms[0] if len(terms) == 1 else f"({' + '.join(terms)})"
+        offset = " + ".join(terms) if terms else "0"
+        return f"{self.name(buffer.root)}[{offset}]"
 
-    # -- expressions -----------------------------------------------------------------------
+    # -- vectors ---------------------------------------------------------------------------
+    def materialize(self, e: Expr) -> str:
+        """Emit the lanes of vector ``e`` into a new array; return its name."""
+        if isinstance(e, Var) or type(e) not in _LANES:
+            return self.array(e)
+        saved, self.prepared = self.prepared, dict(self.prepared)
+        self.prepare(e)
+        name, k = self.temporary("v"), self.temporary("k")
+        self.emit(f"{name} = np.empty({e.type.lanes}, {_np(e.type)})")
+        self.emit(f"for {k} in range({e.type.lanes}):")
+        self.indent += 1
+        self.emit(f"{name}[{k}] = {self.lane(e, k)}")
+        self.indent -= 1
+        self.prepared = saved
+        return name
+
+    def prepare(self, e: Expr) -> None:
+        """Compute, before a lane loop, the vector parts whose lanes interact (shuffles,
+        microkernels): they become arrays that the loop indexes."""
+        for child in children(e):
+            if not isinstance(child, Expr) or child.type.lanes == 1:
+                continue
+            if type(child) in _LANES:
+                self.prepare(child)
+            elif id(child) not in self.prepared:
+                self.prepared[id(child)] = self.array(child)
+
+    def lane(self, e: Expr, k: str) -> str:
+        """The scalar source of lane ``k`` of ``e`` (scalars are the same in every lane)."""
+        if e.type.lanes == 1:
+            return self.expr(e)
+        rule = _LANES.get(type(e))
+        if rule is not None:
+            return rule(self, e, k)
+        return f"{self.prepared.get(id(e)) or self.array(e)}[{k}]"
+
+    def array(self, e: Expr) -> str:
+        """A name holding vector ``e`` (computed by a helper where lanes interact)."""
+        if isinstance(e, Var):
+            return self.name(e)
+        if isinstance(e, Shuffle):
+            table = f"_shuffle{len(self.globals)}"
+            self.globals[table] = np.array(e.indices, dtype=np.int64)
+            parts = [self.materialize(v) if v.type.lanes > 1 else self.lift(v)
+                     for v in e.vectors]
+            source = self.temporary("s")
+            self.emit(f"{source} = np.concatenate(({', '.join(parts)},))")
+            name, k = self.temporary("v"), self.temporary("k")
+            self.emit(f"{name} = np.empty({e.type.lanes}, {_np(e.type)})")
+            self.emit(f"for {k} in range({e.type.lanes}):")
+            self.emit(f"    {name}[{k}] = {source}[{table}[{k}]]")
+            return name
+        if isinstance(e, Microkernel):
+            args = ", ".join(self.materialize(x) for x in (e.acc, e.a, e.b))
+            name = self.temporary("v")
+            self.emit(f"{name} = {_MICROKERNELS[type(e)]}({args})")
+            return name
+        return self.materialize(e)
+
+    def lift(self, scalar: Expr) -> str:
+        """A one-lane array holding ``scalar`` (a shuffle operand)."""
+        name = self.temporary("v")
+        self.emit(f"{name} = np.empty(1, {_np(scalar.type)})")
+        self.emit(f"{name}[0] = {self.expr(scalar)}")
+        return name
+
+    # -- scalar expressions ----------------------------------------------------------------
     def expr(self, e: Expr) -> str:
-        kind = Microkernel if isinstance(e, Microkernel) else type(e)
-        return _EXPRS[kind](self, e)
-
-    def load(self, e: Load) -> str:
-        text = self.address(e.buffer, e.indices)
         if e.type.lanes > 1:
-            text = f"{text}.copy()" if ":" in text else text
-        return text
-
-    def binary(self, e: Binary) -> str:
-        a, b, t = self.expr(e.a), self.expr(e.b), e.type
-        vector = t.lanes > 1
-        if e.op in ("min", "max"):
-            cmp = "<" if e.op == "min" else ">"
-            return (f"np.where({a} {cmp} {b}, {a}, {b})" if vector
-                    else f"_select({a} {cmp} {b}, {a}, {b})")
-        if e.op in ("add_sat", "sub_sat"):
-            sign = 1 if e.op == "add_sat" else -1
-            if vector:
-                return f"_saturate_v({a}, {b}, {sign}, {t.min}, {t.max}).astype({_np(t)})"
-            return f"{_np(t)}(_saturate({a}, {b}, {sign}, {t.min}, {t.max}))"
-        if e.op == "div":
-            if t.elem.is_float:
-                return f"({a} / {b})" if vector else f"{_np(t)}({a} / {b})"
-            return (f"_tdiv_v({a}, {b})" if vector else f"{_np(t)}(_tdiv({a}, {b}))")
-        if e.op == "floordiv" and t.elem.is_float:
-            return f"np.floor({a} / {b})" if vector else f"{_np(t)}(np.floor({a} / {b}))"
-        text = f"({a} {_PY_OPS[e.op]} {b})"
-        return text if vector else f"{_np(t)}{text}"
-
-    def cast(self, e: Cast) -> str:
-        value, t = self.expr(e.value), e.type
-        if e.mode == "round_even_sat":
-            lo, hi = float(t.min), float(t.max)
-            return (f"_rsat_v({value}, {lo}, {hi}).astype({_np(t)})" if t.lanes > 1
-                    else f"{_np(t)}(_rsat({value}, {lo}, {hi}))")
-        if t.lanes > 1:
-            return f"{value}.astype({_np(t)})"
-        return f"bool({value})" if t.elem.is_bool else f"{_np(t)}({value})"
-
-    def call(self, e: Call) -> str:
-        args = [self.expr(a) for a in e.args]
-        vector = e.type.lanes > 1
-        if e.func == "fma":
-            if vector:
-                return f"_fma_v({', '.join(args)}).astype({_np(e.type)})"
-            return f"{_np(e.type)}(_fma({', '.join(args)}))"
-        if e.func == "pow":
-            return self.power(e, args)
-        func = _MATH[e.func]
-        if e.func == "erf" and vector:
-            func = "_erf_v"
-        return f"{func}({args[0]})" if vector else f"{_np(e.type)}({func}({args[0]}))"
-
-    def power(self, e: Call, args: list[str]) -> str:
-        """Float: ``np.power`` (libm ``pow``); integer: square-and-multiply over the bits."""
-        t, (a, b) = e.type, args
-        if t.elem.is_float:
-            return f"np.power({a}, {b})" if t.lanes > 1 else f"{_np(t)}(np.power({a}, {b}))"
-        if t.lanes > 1:
-            lanes = ", ".join(f"_ipow({a}[{k}], {b}[{k}], {t.elem.bits})" for k in range(t.lanes))
-            return f"np.array([{lanes}]).astype({_np(t)})"
-        return f"{_np(t)}(_ipow({a}, {b}, {t.elem.bits}))"
+            raise AssertionError(f"vector {e!r} used as a scalar")
+        return _EXPRS[type(e)](self, e)
 
     def immediate(self, e: IntImm | FloatImm) -> str:
         if e.type.is_bool:
             return "True" if e.value else "False"
+        if e.type.name == "i64":
+            return repr(e.value)
         value = repr(e.value) if isinstance(e, IntImm) else f"{float(e.value)!r}"
         value = {"inf": "np.inf", "-inf": "-np.inf", "nan": "np.nan"}.get(value, value)
         return f"{_np(e.type)}({value})"
 
-    def shuffle(self, e: Shuffle) -> str:
-        table = f"_shuffle{len(self.globals)}"
-        self.globals[table] = np.array(e.indices, dtype=np.int64)
-        parts = ", ".join(self.expr(v) for v in e.vectors)
-        return f"np.concatenate(({parts},))[{table}]"
+    def load(self, e: Load) -> str:
+        return self.element(e.buffer, e.indices, None)
 
     def reduce(self, e: ReduceLanes) -> str:
-        return f"{_np(e.type)}(_reduce_{e.op}({self.expr(e.value)}))"
+        return f"{_np(e.type)}(_reduce_{e.op}({self.materialize(e.value)}))"
 
 
-_STMTS: dict[type, Callable[[_SourceEmitter, Stmt, int], None]] = {
-    Store: _SourceEmitter.store, For: _SourceEmitter.for_loop,
-    Seq: lambda g, s, ind: [g.stmt(x, ind) for x in s.stmts] and None,
-    Let: _SourceEmitter.binding, LocalVar: _SourceEmitter.binding,
-    Assign: lambda g, s, ind: g.emit(ind, f"{g.name(s.var)} = {g.expr(s.value)}"),
-    If: _SourceEmitter.if_stmt, Allocate: _SourceEmitter.allocate,
+def _lane_ops(rule: Callable[..., str]) -> Callable[[_SourceEmitter, Expr, str], str]:
+    """Lift a rule over operand strings to the lanes of a vector expression."""
+    return lambda g, e, k: rule(g, e, lambda x: g.lane(x, k))
+
+
+def _binary(g: _SourceEmitter, e: Binary, operand) -> str:
+    return _scalar_binary(e.op, operand(e.a), operand(e.b), e.type.elem)
+
+
+def _compare(g: _SourceEmitter, e: Compare, operand) -> str:
+    return f"({operand(e.a)} {_CMP_OPS[e.op]} {operand(e.b)})"
+
+
+def _select(g: _SourceEmitter, e: Select, operand) -> str:
+    return f"_select({operand(e.cond)}, {operand(e.t)}, {operand(e.f)})"
+
+
+def _cast(g: _SourceEmitter, e: Cast, operand) -> str:
+    return _scalar_cast(operand(e.value), e.target, e.mode)
+
+
+def _call(g: _SourceEmitter, e: Call, operand) -> str:
+    return _scalar_call(e.func, [operand(a) for a in e.args], e.type.elem)
+
+
+def _ramp_lane(base: str, k: str, stride: int, t: ScalarType) -> str:
+    step = k if stride == 1 else f"{k} * {stride}"
+    text = f"{base} + {step}"
+    return f"({text})" if t.name == "i64" else f"{_np(t)}({text})"
+
+
+def _load_lane(g: _SourceEmitter, e: Load, k: str) -> str:
+    return g.element(e.buffer, e.indices, k)
+
+
+_STMTS: dict[type, Callable[[_SourceEmitter, Stmt], None]] = {
+    Store: _SourceEmitter.store,
+    For: _SourceEmitter.for_loop,
+    Seq: lambda g, s: [g.stmt(x) for x in s.stmts] and None,
+    Let: _SourceEmitter.binding,
+    LocalVar: _SourceEmitter.binding,
+    Assign: lambda g, s: g.bind(s.var, s.value),
+    If: _SourceEmitter.if_stmt,
+    Allocate: _SourceEmitter.allocate,
 }
 
 _EXPRS: dict[type, Callable[[_SourceEmitter, Expr], str]] = {
     Var: lambda g, e: g.name(e),
     IntImm: _SourceEmitter.immediate,
     FloatImm: _SourceEmitter.immediate,
-    Binary: _SourceEmitter.binary,
-    Compare: lambda g, e: f"({g.expr(e.a)} {_CMP_OPS[e.op]} {g.expr(e.b)})",
-    Select: lambda g, e: (f"np.where({g.expr(e.cond)}, {g.expr(e.t)}, {g.expr(e.f)})"
-                          if e.cond.type.lanes > 1
-                          else f"_select({g.expr(e.cond)}, {g.expr(e.t)}, {g.expr(e.f)})"),
-    Cast: _SourceEmitter.cast,
-    Call: _SourceEmitter.call,
+    Binary: lambda g, e: _binary(g, e, g.expr),
+    Compare: lambda g, e: _compare(g, e, g.expr),
+    Select: lambda g, e: _select(g, e, g.expr),
+    Cast: lambda g, e: _cast(g, e, g.expr),
+    Call: lambda g, e: _call(g, e, g.expr),
     Load: _SourceEmitter.load,
-    Broadcast: lambda g, e: f"np.full({e.lanes}, {g.expr(e.value)}, {_np(e.type)})",
-    Ramp: lambda g, e: (f"(np.arange({e.lanes}) * {e.stride} + {g.expr(e.base)})"
-                        f".astype({_np(e.type)})"),
-    Shuffle: _SourceEmitter.shuffle,
     ReduceLanes: _SourceEmitter.reduce,
-    Microkernel: lambda g, e: (f"{_MICROKERNELS[type(e)]}({g.expr(e.acc)}, {g.expr(e.a)}, "
-                               f"{g.expr(e.b)})"),
+}
+
+_LANES: dict[type, Callable[[_SourceEmitter, Expr, str], str]] = {
+    Var: lambda g, e, k: f"{g.name(e)}[{k}]",
+    Binary: _lane_ops(_binary),
+    Compare: _lane_ops(_compare),
+    Select: _lane_ops(_select),
+    Cast: _lane_ops(_cast),
+    Call: _lane_ops(_call),
+    Load: _load_lane,
+    Broadcast: lambda g, e, k: g.expr(e.value),
+    Ramp: lambda g, e, k: _ramp_lane(g.expr(e.base), k, e.stride, e.type.elem),
 }
 
 
@@ -327,4 +433,5 @@ def compile_numba(kernel: Kernel, verify: bool = True) -> NumbaKernel:
     # Executing generated source is this executor's purpose; the source is ours, not user text.
     exec(compile(source, f"<loop-ir {kernel.name}>", "exec"), namespace)  # noqa: S102
     python_function = namespace[source.split("(", 1)[0].removeprefix("def ")]
-    return NumbaKernel(kernel, source, numba.njit(python_function))
+    # IEEE float division (x/0 = inf, 0/0 = NaN) as in LLVM, not Python's ZeroDivisionError.
+    return NumbaKernel(kernel, source, numba.njit(python_function, error_model="numpy"))
