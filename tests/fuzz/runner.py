@@ -2,8 +2,11 @@
 
 The property every case must satisfy: reading the IR either succeeds or raises an
 ``LpjitError`` subclass; when it succeeds and the graph is small enough, running the reference
-executor on random inputs also succeeds or raises an ``LpjitError``.  Any other exception is a
-crash and propagates out of ``run_case`` unchanged.  A case that outlives its time budget raises
+executor on random inputs also succeeds or raises an ``LpjitError``; and when compiling is
+asked for and the graph is smaller still, ``lpjit.compile`` and a call of the compiled model
+succeed or raise an ``LpjitError``.  Any other exception is a crash and propagates out of
+``run_case`` unchanged.  A compiled model whose outputs disagree with the reference is not a
+crash; its outcome is ``compile: mismatch``.  A case that outlives its time budget raises
 ``CaseTimeout``; an allocation past the address-space budget raises ``MemoryError`` (both are
 crashes too).
 """
@@ -29,6 +32,13 @@ from lpjit.graph import Graph
 
 # Graphs whose tensors hold more elements than this in total are read but not executed.
 MAX_REFERENCE_ELEMENTS = 1_000_000
+# ... and graphs larger than this are not compiled (compiling takes 0.1-2 s per small model).
+MAX_COMPILE_ELEMENTS = 100_000
+MAX_COMPILE_NODES = 80
+# Compiled outputs must match the reference within this (float) or exactly (integer).  Loose,
+# because compiled code decompresses f16 weights in f32 (as OpenVINO's CPU plugin does) where
+# the reference rounds every step to f16: about 1e-3 relative on the NNCF INT4 seed.
+RTOL, ATOL = 1e-2, 1e-3
 
 
 class CaseTimeout(BaseException):
@@ -85,22 +95,49 @@ def _read(case: Case, scratch: Path | None) -> Graph:
         return lpjit.read_ir(xml)
 
 
-def run_case(case: Case, *, input_seed: int = 0, scratch: Path | None = None) -> Outcome:
-    """Read ``case`` and, when small enough, run it on the reference; see the module doc."""
+def run_case(case: Case, *, input_seed: int = 0, scratch: Path | None = None,
+             compile_model: bool = False) -> Outcome:
+    """Read ``case`` and, when small enough, run it on the reference (and compile it when
+    ``compile_model``); see the module doc."""
     try:
         graph = _read(case, scratch)
     except LpjitError as e:
         return Outcome("read", type(e).__name__)
-    if total_elements(graph) > MAX_REFERENCE_ELEMENTS:
+    elements = total_elements(graph)
+    if elements > MAX_REFERENCE_ELEMENTS:
         return Outcome("read", "ok, too large to run")
     inputs = random_inputs(graph, input_seed)
     try:
         with np.errstate(all="ignore"), warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            reference.run(graph, inputs)
+            expected = reference.run(graph, inputs)
     except LpjitError as e:
         return Outcome("reference", type(e).__name__)
-    return Outcome("reference", "ok")
+    if not compile_model:
+        return Outcome("reference", "ok")
+    if elements > MAX_COMPILE_ELEMENTS or len(graph.nodes) > MAX_COMPILE_NODES:
+        return Outcome("reference", "ok, too large to compile")
+    try:
+        outputs = list(lpjit.compile(graph, threads=1)(*inputs))
+    except LpjitError as e:
+        return Outcome("compile", type(e).__name__)
+    return Outcome("compile", "ok" if agree(outputs, expected) else "mismatch")
+
+
+def agree(actual: list[np.ndarray], expected: list[np.ndarray]) -> bool:
+    """Same shapes and dtypes; floats within RTOL/ATOL (NaN where NaN), integers equal."""
+    if len(actual) != len(expected):
+        return False
+    for a, e in zip(actual, expected):
+        a, e = np.asarray(a), np.asarray(e)
+        if a.shape != e.shape or a.dtype != e.dtype:
+            return False
+        if e.dtype.kind == "f":
+            if not np.allclose(a, e, rtol=RTOL, atol=ATOL, equal_nan=True):
+                return False
+        elif not np.array_equal(a, e):
+            return False
+    return True
 
 
 @contextlib.contextmanager

@@ -13,6 +13,7 @@ the files' bytes; building needs OpenVINO and NNCF, mutating and reading the see
 
 from __future__ import annotations
 
+import logging
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -212,6 +213,7 @@ def _nncf_models() -> list[tuple[str, ov.Model]]:
     import nncf
     from models import builders, nncf_models
 
+    nncf.set_log_level(logging.ERROR)
     int8 = nncf_models.quantize(builders.resnet_like((4, 8), image=8, classes=3), samples=2)
     int4 = nncf_models.compress_weights(builders.mlp((16, 8, 4)),
                                         nncf.CompressWeightsMode.INT4_ASYM, group_size=8)
