@@ -4,15 +4,16 @@
 
     tile[r, v] = 0                       (rows x vectors f32 x lanes, a scratch tile)
     for k... in reduction loops:
-      for tap, v unrolled:
-        x = vector_operand(v, k..., tap)                     (a dense vector load)
-        for r unrolled:
-          tile[r, v] = fma(broadcast(scalar_operand(r, k..., tap)), x, tile[r, v])
+      for tap, r unrolled:
+        w = broadcast(scalar_operand(r, k..., tap))
+        for v unrolled:
+          tile[r, v] = fma(w, vector_operand(v, k..., tap), tile[r, v])
     for r, v unrolled: store(r, v, tile[r, v])
 
 The tile's indices are constants once the ``unrolled`` loops are emitted, so LLVM keeps it in
-vector registers (SROA) and merges the repeated scalar loads: the inner loop is ``vectors``
-loads, ``rows`` broadcasts and ``rows * vectors`` ``vfmadd231ps``.  The numba executor runs
+vector registers (SROA) and merges the vector loads repeated for each row: the inner loop is
+``vectors`` loads, ``rows`` broadcasts and ``rows * vectors`` ``vfmadd231ps``, with
+``rows * vectors + vectors + 1`` live vector registers.  The numba executor runs
 the same loops as written.
 
 ``cover_axis`` says where the vectors of an axis start: full tiles of ``vectors * lanes``
@@ -188,10 +189,10 @@ def emit_fma_tile(b: lb.KernelBuilder, rows: int, vectors: int, lanes: int,
         ks.append(cm.__enter__())
         contexts.append(cm)
     with b.for_range(taps, kind=UNROLLED, name="tap") as tap, \
-            b.for_range(vectors, kind=UNROLLED, name="v") as v:
-        x = b.let(vector_operand(v, ks, tap), "x")
-        with b.for_range(rows, kind=UNROLLED, name="r") as r:
-            w = lb.broadcast(scalar_operand(r, ks, tap), lanes, f32)
+            b.for_range(rows, kind=UNROLLED, name="r") as r:
+        w = b.let(lb.broadcast(scalar_operand(r, ks, tap), lanes, f32), "w")
+        with b.for_range(vectors, kind=UNROLLED, name="v") as v:
+            x = vector_operand(v, ks, tap)
             b.store(acc, at(r, v), lb.fma(w, x, acc[at(r, v)]))
     for cm in reversed(contexts):
         cm.__exit__(None, None, None)
