@@ -6,3 +6,4 @@ from lowering.ops import movement  # noqa: F401
 from lowering.ops import nn  # noqa: F401
 from lowering.ops import pooling  # noqa: F401
 from lowering.ops import interpolate  # noqa: F401
+from lowering.ops import attention  # noqa: F401
