@@ -130,3 +130,33 @@ def test_bad_schedules_are_reported(schedule, message):
         return
     with pytest.raises(LoweringError, match=message):
         apply_schedule(nest, schedule)
+
+
+def test_convolution_nest_with_three_reduce_axes():
+    """A valid 3x3 convolution: accumulators over ``ow_i`` live across (ci, kh, kw)."""
+    rng = np.random.default_rng(22)
+    x_data = rng.standard_normal((3, 7, 9)).astype(np.float32)
+    w_data = rng.standard_normal((5, 3, 3, 3)).astype(np.float32)
+    bias_data = rng.standard_normal(5).astype(np.float32)
+    x = Buffer("x", f32, (3, 7, 9), role="input")
+    y = Buffer("y", f32, (5, 5, 7), role="output")
+    w = KernelBuilder.constant("w", w_data)
+    bias = KernelBuilder.constant("bias", bias_data)
+    oc, oh, ow, ci, kh, kw = (Var(name) for name in ("oc", "oh", "ow", "ci", "kh", "kw"))
+    acc = Var("acc", f32)
+    nest = LoopNest(
+        axes=(Axis(oc, 5), Axis(oh, 5), Axis(ow, 7), Axis(ci, 3, True), Axis(kh, 3, True),
+              Axis(kw, 3, True)),
+        output=y, output_indices=(oc, oh, ow), value=x[ci, oh + kh, ow + kw] * w[oc, ci, kh, kw],
+        init=lb.broadcast(0.0, 1, f32), epilogue=lb.max_(acc + bias[oc], 0.0), accumulator=acc)
+    schedule = Schedule(splits=(Split("ow", 4),),
+                        order=("oc", "oh", "ow_o", "ci", "kh", "kw", "ow_i"),
+                        vectorize="ow_i", vector_width=4, parallel="oc")
+    kernel = verify_kernel(Kernel("conv", (x, y), apply_schedule(nest, schedule)))
+    assert "allocate acc: f32[4]" in print_stmt(kernel.body)
+    (got,), (reference,) = run_both(kernel, [x_data, garbage((5, 5, 7), np.float32, rng)])
+    windows = np.lib.stride_tricks.sliding_window_view(x_data, (3, 3), axis=(1, 2))
+    expected = np.maximum(np.einsum("chwij,ocij->ohw", windows, w_data)
+                          + bias_data[:, None, None], 0)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(reference, got, rtol=1e-6, atol=1e-6)

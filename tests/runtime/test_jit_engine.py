@@ -130,3 +130,21 @@ def test_large_scratch_buffers_live_on_the_heap(engine):
     out = np.zeros(n, np.int32)
     library.get_function("big_scratch")(x_data, out)
     np.testing.assert_array_equal(out, x_data[::-1] * 3 + 1)
+
+
+def test_fast_math_flags_only_where_the_kernel_allows_them(engine):
+    """No flags by default; a kernel listing ``contract`` gets it on its float arithmetic."""
+    def kernel(flags):
+        b = KernelBuilder("fm", fast_math=flags)
+        x = b.input("x", f32, (8,))
+        y = b.output("y", f32, (8,))
+        with b.for_range(8, kind=vectorized(8)) as i:
+            b.store(y, i, x[i] * 3.0 + 1.0)
+        return b.build()
+
+    plain = str(lower_kernels_to_llvm([kernel(())], engine.codegen_options()).ir_module)
+    contracted = str(lower_kernels_to_llvm([kernel(("contract",))],
+                                           engine.codegen_options()).ir_module)
+    assert "fmul <8 x float>" in plain and "contract" not in plain
+    assert "fmul contract <8 x float>" in contracted
+    assert "fadd contract <8 x float>" in contracted
