@@ -344,6 +344,8 @@ def _binary(v: _Verifier, e: Binary) -> str | None:
         return f"{e.op} needs integer operands, got {e.a.type}"
     if t.is_bool and e.op not in ("and", "or", "xor"):
         return f"{e.op} is not defined on i1"
+    if e.op in ("add_sat", "sub_sat") and t.bits > 32:
+        return f"{e.op} is defined up to 32-bit integers, got {e.a.type}"
     return None
 
 

@@ -148,3 +148,24 @@ def test_fast_math_flags_only_where_the_kernel_allows_them(engine):
     assert "fmul <8 x float>" in plain and "contract" not in plain
     assert "fmul contract <8 x float>" in contracted
     assert "fadd contract <8 x float>" in contracted
+
+
+def test_raw_llvm_modules_compile_and_expose_addresses(engine):
+    """``add_module`` takes any llvmlite module; its functions are reachable by address."""
+    import ctypes
+
+    from llvmlite import ir
+
+    module = ir.Module("raw")
+    i64 = ir.IntType(64)
+    fn = ir.Function(module, ir.FunctionType(i64, [i64, i64]), "muladd7")
+    builder = ir.IRBuilder(fn.append_basic_block())
+    builder.ret(builder.add(builder.mul(*fn.args), ir.Constant(i64, 7)))
+    library = engine.add_module(module)
+    muladd = ctypes.CFUNCTYPE(ctypes.c_int64, ctypes.c_int64, ctypes.c_int64)(
+        library.function_address("muladd7"))
+    assert muladd(6, 7) == 49
+    with pytest.raises(CodegenError, match="get_function needs a library built from loop-IR"):
+        library.get_function("muladd7")
+    with pytest.raises(CodegenError, match="LLVM rejected the generated module"):
+        engine.add_module("define i32 @broken() { ret i64 0 }")
