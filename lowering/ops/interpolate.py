@@ -32,10 +32,10 @@ from lowering.lower_graph import (
     Epilogue,
     LoweringContext,
     kernel_builder,
-    loop_nest,
     lowering,
     make_kernel,
 )
+from lowering.ops.reductions import output_loops
 from lpjit.ops import interpolate as ops
 from lpjit.reference import interpolate as semantics
 
@@ -93,8 +93,7 @@ def lower_interpolate(ctx: LoweringContext, node: ops.Interpolate, epilogue: Epi
     weighted = any(plan.weight is not None for plan in plans)
     out_type = value_type(from_dtype(node.output_types[0].dtype))
     b = kernel_builder(ctx, node)
-    outs: list[Expr] = []
-    with loop_nest(b, out_shape, ctx.lanes, outs):
+    with output_loops(ctx, b, out_shape) as outs:
         total = b.local(as_expr(0.0, f32), "total") if weighted else None
         with contextlib.ExitStack() as stack:
             indices, weights = [], []

@@ -18,11 +18,10 @@ from lowering.lower_graph import (
     Epilogue,
     LoweringContext,
     kernel_builder,
-    loop_nest,
     lowering,
     make_kernel,
 )
-from lowering.ops.reductions import Frame, reduction_frames, splat
+from lowering.ops.reductions import Frame, output_loops, reduction_frames, splat
 from lpjit.graph import constant_value
 from lpjit.ops import activations as act
 from lpjit.ops import normalization as norm
@@ -153,8 +152,7 @@ def lower_batch_norm(ctx: LoweringContext, node: norm.BatchNormInference, epilog
         values = known.astype(np.float32) + np.float32(node.epsilon)
         denominator = ctx.constant(node.origin.name + "_sqrt_var", np.sqrt(values))
     b = kernel_builder(ctx, node)
-    indices: list[Expr] = []
-    with loop_nest(b, shape, ctx.lanes, indices):
+    with output_loops(ctx, b, shape) as indices:
         channel = [indices[1]]
 
         def per_channel(name: str) -> Expr:

@@ -224,16 +224,31 @@ def reduction_frames(ctx: LoweringContext, b: lb.KernelBuilder, source: Buffer,
     kept = [a for a in range(rank) if a not in axes]
     vector_kept = bool(kept) and kept[-1] == rank - 1 and source.shape[-1] >= 2
     fixed: list[Expr | None] = [None] * rank
+    with output_loops(ctx, b, [source.shape[a] for a in kept], vector_kept,
+                      ["ijklmnop"[a % 8] for a in kept]) as indices:
+        for axis, index in zip(kept, indices):
+            fixed[axis] = index
+        yield Frame(b, source, axes, tuple(fixed), 1 if vector_kept else ctx.lanes)
+
+
+@contextlib.contextmanager
+def output_loops(ctx: LoweringContext, b: lb.KernelBuilder, extents: Sequence[int],
+                 vectorize_last: bool = True, names: Sequence[str] | None = None
+                 ) -> Iterator[list[Expr]]:
+    """One loop per extent: the last ``vectorized`` (when ``vectorize_last``), the first other
+    loop longer than one iteration ``parallel`` (unless ``threads == 1``); yields the loop
+    variables."""
+    names = names or ["ijklmnop"[a % 8] for a in range(len(extents))]
     taken = [False]
+    indices: list[Expr] = []
     with contextlib.ExitStack() as stack:
-        for axis in kept:
-            extent = source.shape[axis]
-            if vector_kept and axis == rank - 1:
+        for position, (extent, name) in enumerate(zip(extents, names)):
+            if vectorize_last and position == len(extents) - 1 and extent >= 2:
                 kind = vectorized(ctx.lanes)
             else:
                 kind = parallel_kind(ctx, extent, taken)
-            fixed[axis] = stack.enter_context(b.for_range(extent, kind, name="ijklmnop"[axis % 8]))
-        yield Frame(b, source, axes, tuple(fixed), 1 if vector_kept else ctx.lanes)
+            indices.append(stack.enter_context(b.for_range(extent, kind, name=name)))
+        yield indices
 
 
 # -- Reduce* ---------------------------------------------------------------------------------
@@ -274,5 +289,5 @@ def _reduce_value(node: red.Reduce, frame: Frame) -> Expr:
     return frame.reduce(op)
 
 
-__all__ = ["Frame", "combine", "horizontal", "identity", "lower_reduce", "parallel_kind",
-           "reduction_frames", "splat"]
+__all__ = ["Frame", "combine", "horizontal", "identity", "lower_reduce", "output_loops",
+           "parallel_kind", "reduction_frames", "splat"]
