@@ -66,3 +66,11 @@ def test_sixteen_lane_tiles_use_zmm_on_avx512(cpu):
 def test_sixteen_lane_quad_kernel_uses_zmm_vpdpbusd():
     kernel = examples.matmul_u8i8(2, 32, 16, RNG.integers(-128, 128, (16, 32)), "quad", lanes=16)
     assert _uses(_assembly(kernel, "icelake-server"), "vpdpbusd", "zmm")
+
+
+def test_portable_pair_lowering_still_becomes_vpmaddwd():
+    """Without feature-specific intrinsics the plain vector IR is matched to vpmaddwd by LLVM."""
+    kernel = examples.matmul_u8i8(4, 16, 32, RNG.integers(-128, 128, (32, 16)), "pairs")
+    asm = CPUCodegen(TargetSpec.for_cpu("znver3")).compile_kernels(
+        [kernel], features=frozenset()).assembly()
+    assert _uses(asm, "vpmaddwd", "ymm")
