@@ -117,20 +117,57 @@ def test_data_movement_views_and_multi_output_split(tmp_path: Path) -> None:
     compile_and_compare(ov.Model(outputs, [x], "movement"), tmp_path, EXACT)
 
 
+def test_pooling(tmp_path: Path) -> None:
+    """MaxPool 3x3 stride 2 with pads (both outputs), AvgPool excluding pads, global AvgPool."""
+    x = ops.parameter([1, 4, 9, 9], np.float32, name="x")
+    pooled = ops.max_pool(x, [2, 2], [1, 1], [1, 1], [1, 1], [3, 3])
+    average = ops.avg_pool(ops.relu(x), [1, 1], [1, 0], [0, 1], [3, 2], True)
+    overall = ops.avg_pool(pooled.output(0), [1, 1], [0, 0], [0, 0], [5, 5], False)
+    outputs = [ops.result(o) for o in (pooled.output(0), pooled.output(1), average, overall)]
+    compile_and_compare(ov.Model(outputs, [x], "pooling"), tmp_path, FLOAT)
+
+
+def test_scaled_dot_product_attention_in_an_encoder_block(tmp_path: Path) -> None:
+    """Q/K/V projections split into [batch, heads, seq, dim], causal SDPA plus SDPA with a
+    float mask and an explicit scale, merged heads, output projection."""
+    rng = np.random.default_rng(5)
+    x = ops.parameter([2, 6, 16], np.float32, name="x")
+    mask = ops.parameter([1, 1, 6, 6], np.float32, name="mask")
+
+    def heads() -> ov.Output:
+        projected = ops.matmul(x, weights(rng, 16, 16), False, True)
+        split = ops.reshape(projected, np.array([2, 6, 2, 8], np.int64), False)
+        return ops.transpose(split, np.array([0, 2, 1, 3], np.int64)).output(0)
+
+    q, k, v = heads(), heads(), heads()
+    causal = ops.scaled_dot_product_attention(q, k, v, causal=True)
+    masked = ops.scaled_dot_product_attention(q, k, v, mask, np.float32(0.25), causal=False)
+    merged = ops.reshape(ops.transpose(ops.add(causal, masked), np.array([0, 2, 1, 3],
+                                                                          np.int64)),
+                         np.array([2, 6, 16], np.int64), False)
+    out = ops.matmul(merged, weights(rng, 16, 16), False, True)
+    compile_and_compare(ov.Model([ops.result(out)], [x, mask], "attention"), tmp_path, FLOAT)
+
+
 # -- whole models vs OpenVINO ------------------------------------------------------------------
 
 MODELS: dict[str, Callable[[], ov.Model]] = {
+    "resnet": lambda: builders.resnet_like(channels=(16, 32), image=32),
+    "mobilenet_v2": lambda: builders.mobilenet_v2_like(channels=(16, 24, 32), image=32),
     "bert": lambda: builders.bert_like(layers=2, hidden=64, heads=4, seq=16),
     "mlp": lambda: builders.mlp((64, 128, 128, 10)),
 }
+# Every model with f32 weights; two also with f16 weights (Const(f16) -> Convert(f32), folded).
+CASES = [(name, "f32") for name in MODELS] + [("resnet", "f16"), ("mlp", "f16")]
 
 
-@pytest.mark.parametrize("name", list(MODELS))
-def test_float_model_matches_openvino(name: str, tmp_path: Path) -> None:
+@pytest.mark.slow
+@pytest.mark.parametrize(("name", "weights"), CASES, ids=[f"{m}-{w}" for m, w in CASES])
+def test_float_model_matches_openvino(name: str, weights: str, tmp_path: Path) -> None:
     """Relative L2 < 1e-4 against OpenVINO f32; threads=1 and threads=2 give identical
     outputs."""
     model = MODELS[name]()
-    xml = oracle.save(model, tmp_path)
+    xml = oracle.save(model, tmp_path, compress_to_fp16=weights == "f16")
     inputs = oracle.random_inputs(model, seed=7)
     expected = oracle.ov_run(xml, inputs, oracle.F32_CONFIG)
     serial = lpjit.compile(xml, threads=1)(*inputs)
@@ -139,5 +176,5 @@ def test_float_model_matches_openvino(name: str, tmp_path: Path) -> None:
     for a, b, e in zip(serial, parallel, expected):
         assert a.shape == e.shape
         error = oracle.relative_l2(a, e)
-        assert error < 1e-4, f"{name}: relative L2 {error:.3g}"
+        assert error < 1e-4, f"{name} ({weights} weights): relative L2 {error:.3g}"
         np.testing.assert_array_equal(a, b)
