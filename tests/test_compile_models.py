@@ -149,6 +149,41 @@ def test_scaled_dot_product_attention_in_an_encoder_block(tmp_path: Path) -> Non
     compile_and_compare(ov.Model([ops.result(out)], [x, mask], "attention"), tmp_path, FLOAT)
 
 
+def test_interpolate_and_channel_movement(tmp_path: Path) -> None:
+    """Nearest and linear resizes, DepthToSpace, ShuffleChannels, Tile and Broadcast."""
+    x = ops.parameter([1, 8, 5, 6], np.float32, name="x")
+    nearest = ops.interpolate(x, np.array([10, 12], np.int64), "nearest", "sizes",
+                              axes=np.array([2, 3], np.int64))
+    linear = ops.interpolate(x, np.array([1.5, 0.5], np.float32), "linear", "scales",
+                             axes=np.array([2, 3], np.int64),
+                             coordinate_transformation_mode="half_pixel")
+    depth = ops.depth_to_space(x, "blocks_first", 2)
+    shuffled = ops.shuffle_channels(x, 1, 4)
+    tiled = ops.tile(ops.relu(x), np.array([1, 1, 2, 1], np.int64))
+    wide = ops.broadcast(ops.reduce_sum(x, np.array([1]), True), np.array([2, 3, 5, 6]))
+    outputs = [ops.result(o) for o in (nearest, linear, depth, shuffled, tiled, wide)]
+    compile_and_compare(ov.Model(outputs, [x], "resize_move"), tmp_path, FLOAT)
+
+
+def test_comparisons_select_conversions_and_normalizing_activations(tmp_path: Path) -> None:
+    """Boolean masks into Select, a float -> i32 Convert (exact), BatchNormInference,
+    LogSoftmax, Divide and Power."""
+    rng = np.random.default_rng(6)
+    x = ops.parameter([2, 4, 3, 5], np.float32, name="x")
+    y = ops.parameter([2, 4, 3, 5], np.float32, name="y")
+    picked = ops.select(ops.greater(x, y), ops.divide(x, ops.add(ops.abs(y), np.float32(1))),
+                        ops.power(ops.abs(y), np.float32(1.5)))
+    counted = ops.convert(ops.multiply(x, np.float32(10)), "i32")
+    gamma, beta, mean = (rng.normal(size=4).astype(np.float32) for _ in range(3))
+    variance = rng.uniform(0.5, 2, 4).astype(np.float32)
+    normed = ops.batch_norm_inference(x, gamma, beta, mean, variance, 1e-5)
+    log_probabilities = ops.log_softmax(ops.multiply(x, y), 1)
+    outputs = [ops.result(o) for o in (picked, normed, log_probabilities)]
+    compile_and_compare(ov.Model(outputs, [x, y], "misc"), tmp_path, FLOAT)
+    exact = ov.Model([ops.result(counted)], [x, y], "convert")
+    compile_and_compare(exact, tmp_path / "convert", EXACT)
+
+
 # -- whole models vs OpenVINO ------------------------------------------------------------------
 
 MODELS: dict[str, Callable[[], ov.Model]] = {
