@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from lpjit import dtypes
 from lpjit.graph import Constant, Graph, Node, Origin, Value, rebuild
 from lpjit.ops import lowp, nn
 from lpjit.passes.propagate_dequantize import LevelRange, LevelsOf, dequantize_levels
@@ -61,6 +62,8 @@ def consumer_problem(node: Node, port: int, levels: LevelRange, levels_of: Level
     ``levels``) at input ``port`` (``None``: it can).  ``levels_of`` gives the levels of the
     other MatMul input, if it is a quantized activation."""
     what = node.origin.describe()
+    if isinstance(node, QUANTIZABLE) and node.output_types[0].dtype != dtypes.f32:
+        return f"{what} computes in {node.output_types[0].dtype}; integer ops produce f32"
     if isinstance(node, nn.ConvolutionBase):
         if port != 0:
             return f"it is the weight input of {what}"
@@ -121,7 +124,7 @@ def activation_parameters(levels: LevelRange, data: Value) -> tuple[np.ndarray, 
     return step.astype(np.float32), low.astype(np.float32)
 
 
-def _weight_constants(node: Node, weights: IntegerWeights) -> tuple[Value, Value]:
+def _weight_constants(weights: IntegerWeights) -> tuple[Value, Value]:
     values = Constant.of(weights.values, weights.origin.derived("int8", "Const")).output
     return values, _vector(weights.scale, weights.origin, "scale")
 
@@ -132,7 +135,7 @@ def _q_convolution(node: nn.ConvolutionBase, weights: IntegerWeights, levels: Le
     step, low = activation_parameters(levels, data)
     return lowp.QConvolution(
         origin=node.origin, tensor_names=node.tensor_names,
-        inputs=(data.node.inputs[0], *_weight_constants(node, weights),
+        inputs=(data.node.inputs[0], *_weight_constants(weights),
                 _vector(step, node.origin, "input_step"), _vector(low, node.origin, "input_low")),
         strides=node.strides, pads_begin=node.pads_begin, pads_end=node.pads_end,
         dilations=node.dilations)
@@ -143,7 +146,7 @@ def _q_matmul(node: nn.MatMul, weights: IntegerWeights, levels: LevelRange) -> l
     step, low = activation_parameters(levels, data)
     return lowp.QMatMul(
         origin=node.origin, tensor_names=node.tensor_names,
-        inputs=(data.node.inputs[0], *_weight_constants(node, weights),
+        inputs=(data.node.inputs[0], *_weight_constants(weights),
                 _vector(step, node.origin, "input_step"), _vector(low, node.origin, "input_low")),
         transpose_a=node.transpose_a)
 

@@ -49,10 +49,6 @@ class LevelRange:
             return None
         return axes.pop() if len(axes) == 1 else -1
 
-    @property
-    def per_tensor(self) -> bool:
-        return self.channel_axis(max(self.low.ndim, self.high.ndim)) is None
-
     def same_as(self, other: LevelRange) -> bool:
         """Identical levels (the same float value for every index)."""
         if self.levels != other.levels:

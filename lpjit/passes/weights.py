@@ -86,8 +86,8 @@ class IntegerWeights:
 @attrs.frozen(eq=False)
 class CompressedWeights:
     """Weights of a Compressed op: the stored integers (``storage``) in the op's layout, f32
-    scales and optional integer zero points per output channel (convolution) or per
-    ``[N, K / group_size]`` group (MatMul)."""
+    scales and optional integer zero points per output channel (convolution: ``group_size``
+    is the whole reduction) or per ``[N, K / group_size]`` group (MatMul)."""
 
     values: np.ndarray
     storage: DType
@@ -129,7 +129,7 @@ def constant_subgraph_value(value: Value) -> np.ndarray | None:
             continue
         outputs = evaluate_node(node, arrays)  # type: ignore[arg-type]
         for i, array in enumerate(outputs):
-            memo[type(current)(node, i)] = array
+            memo[Value(node, i)] = array
     return memo[value]
 
 
@@ -310,8 +310,8 @@ def integer_weights(weights: QuantizedWeights, values: np.ndarray, scale: np.nda
         per_oc_zero_point = per_channel(zero_point, values.shape, channel_axes)
         if per_oc_zero_point is None:
             return "weight zero points vary along the reduction axes"
-        folded = values - per_oc_zero_point.reshape(-1, *(1,) * (values.ndim - 1)).reshape(
-            (*values.shape[:channel_axes], *(1,) * (values.ndim - channel_axes)))
+        channel_shape = (*values.shape[:channel_axes], *(1,) * (values.ndim - channel_axes))
+        folded = values - per_oc_zero_point.reshape(channel_shape)
     low, high = int(folded.min(initial=0)), int(folded.max(initial=0))
     if low < I8_MIN or high > I8_MAX:
         return (f"weights have a zero point: values minus zero point span [{low}, {high}], "
@@ -399,6 +399,6 @@ def compressed_convolution_weights(weights: QuantizedWeights, node: nn.Convoluti
         if zero_point is None:
             return "weight zero points vary along the reduction axes"
         zero_point = _zero_point_storage(weights, zero_point)
+    reduction = int(np.prod(values.shape[2:]))
     return CompressedWeights(_storage_values(weights, values), weights.storage,
-                             scale.astype(np.float32), zero_point, values.shape[-1],
-                             weights.origin)
+                             scale.astype(np.float32), zero_point, reduction, weights.origin)

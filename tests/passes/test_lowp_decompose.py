@@ -27,6 +27,7 @@ from lowp_graphs import (
 
 from lpjit import dtypes, reference
 from lpjit.graph import Graph
+from lpjit.ops.core import Convert
 from lpjit.ops.lowp import Dequantize, Quantize
 from lpjit.ops.quantize import FakeQuantize
 from lpjit.passes.decompose_fake_quantize import (
@@ -203,3 +204,18 @@ def test_reasons_reach_the_precision_report():
     assert report.reason("w/fq") == "the activation input of Convolution 'conv' (layer " + \
         f"{before.results[0].inputs[0].node.origin.layer_id}) is not quantized"
     assert report.integer_layers() == ()
+
+
+def test_f16_layers_stay_float():
+    """The integer ops produce f32; a layer computing in f16 keeps its FakeQuantize."""
+    x = parameter((1, 3, 8, 8), dtype=dtypes.f16)
+    ranges = [const(np.float16(v)) for v in (0, 6, 0, 6)]
+    fq = FakeQuantize(origin=origin("fq", "FakeQuantize"), inputs=(x.output, *ranges),
+                      levels=256)
+    w = compressed_weights(RNG.integers(-127, 128, (4, 3, 3, 3)).astype(np.int8), dtypes.i8,
+                           np.full((4, 1, 1, 1), 0.01, np.float16), float_type=dtypes.f16)
+    w = Convert(origin=origin("w/f16", "Convert"), inputs=(w,),
+                destination_type=dtypes.f16).output
+    before = graph([x], conv(fq.output, w))
+    assert reason(before).startswith("Convolution 'conv'")
+    assert reason(before).endswith("computes in f16; integer ops produce f32")
