@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import attrs
 import numpy as np
@@ -31,8 +31,8 @@ from lowering.loop_ir import (
     Buffer,
     Cast,
     Expr,
-    IntImm,
     Load,
+    LoopKind,
     ScalarType,
     Select,
     as_expr,
@@ -49,8 +49,11 @@ from lowering.lower_graph import (
     lowering,
     make_kernel,
 )
-from lowering.ops.reductions import parallel_kind
+from lowering.ops.reductions import parallel_kind, splat
 from lpjit.ops import nn
+
+# Stores one output value at its indices (the epilogue's, or a plain store).
+Store = Callable[[lb.KernelBuilder, Sequence[Expr], Expr], object]
 
 
 @attrs.frozen
@@ -84,19 +87,32 @@ class Window:
         return lo == 0 and hi == self.out[axis]
 
 
-@attrs.frozen
+@attrs.frozen(eq=False)
 class Tap:
-    """One window position: the input index per spatial axis (``coords``) and whether it is
-    known to be inside the input."""
+    """One window position of ``lanes`` outputs: the input ``value`` there and its row-major
+    ``position`` in the spatial plane (i64, computed only when asked for)."""
 
-    coords: tuple[Expr, ...]
+    value: Expr
+    outer: tuple[Expr, ...]          # input coordinates along the outer spatial axes
+    last: Expr                       # input coordinate along the innermost axis (first lane)
+    size: tuple[int, ...]
+    stride: int = 1                  # input step between lanes (block taps)
+    lanes: int = 1
+
+    @property
+    def position(self) -> Expr:
+        flat: Expr | None = None
+        for coordinate, extent in zip(self.outer, self.size):
+            flat = coordinate if flat is None else flat * extent + coordinate
+        base = self.last if flat is None else flat * self.size[-1] + self.last
+        return base if self.lanes == 1 else lb.ramp(base, self.lanes, self.stride)
 
 
 class PoolBody:
-    """What a pool computes per output element: ``start`` its state, ``visit`` each tap,
-    ``finish`` the result(s)."""
+    """What a pool computes per output element (or block of ``lanes`` elements): ``start`` its
+    state, ``visit`` each tap, ``finish`` the result(s)."""
 
-    def start(self, b: lb.KernelBuilder) -> None:
+    def start(self, b: lb.KernelBuilder, lanes: int) -> None:
         raise NotImplementedError
 
     def visit(self, b: lb.KernelBuilder, tap: Tap) -> None:
@@ -107,8 +123,9 @@ class PoolBody:
         raise NotImplementedError
 
 
-def lower_pool(ctx: LoweringContext, node: nn.Pool, body_of) -> list:
-    """The loop nest of the module docstring around ``body_of(frame) -> PoolBody``."""
+def lower_pool(ctx: LoweringContext, node: nn.Pool, source: Buffer,
+               body_of: Callable[[], PoolBody]) -> list:
+    """The loop nest of the module docstring; ``body_of()`` makes each output's state."""
     window = Window.of(node)
     b = kernel_builder(ctx, node)
     batch, channels = node.input_type(0).shape[:2]
@@ -116,36 +133,77 @@ def lower_pool(ctx: LoweringContext, node: nn.Pool, body_of) -> list:
     with contextlib.ExitStack() as stack:
         n = stack.enter_context(b.for_range(batch, parallel_kind(ctx, batch, taken), "n"))
         c = stack.enter_context(b.for_range(channels, parallel_kind(ctx, channels, taken), "c"))
+        nc = (n, c)
         outs: list[Expr] = []
         for axis in range(len(window.out) - 1):
             extent = window.out[axis]
             outs.append(stack.enter_context(
                 b.for_range(extent, parallel_kind(ctx, extent, taken), "o")))
-        last = len(window.out) - 1
-        lo, hi = window.interior(last)
-        for start, stop, inside in ((0, lo, False), (lo, hi, True), (hi, window.out[last], False)):
-            if stop <= start:
-                continue
-            kind = vectorized(ctx.lanes) if inside and stop - start >= ctx.lanes else SERIAL
-            with b.for_range(stop - start, kind, "w") as w:
-                o_last = w + start if start else w
-                body = body_of((n, c))
-                body.start(b)
-                _taps(b, window, [*outs, o_last], inside, body)
-                body.finish(b, (n, c), [*outs, o_last], inside)
+        for region in _regions(window, ctx.lanes):
+            with b.for_range(region.count, region.kind, "w") as w:
+                o_last: Expr = w if region.step == 1 else w * region.step
+                if region.start:
+                    o_last = o_last + region.start
+                if region.block:
+                    o_last = lb.ramp(o_last, region.block)
+                body = body_of()
+                body.start(b, region.block or 1)
+                _taps(b, window, source, nc, [*outs, o_last], region, body)
+                body.finish(b, nc, [*outs, o_last], region.inside)
     return [make_kernel(b)]
 
 
-def _taps(b: lb.KernelBuilder, window: Window, outs: Sequence[Expr], inside_last: bool,
-          body: PoolBody) -> None:
+@attrs.frozen
+class Region:
+    """A range of the innermost output axis: ``count`` iterations from ``start`` by ``step``
+    outputs; ``inside``: every tap within the input along the axis; ``block`` > 0: each
+    iteration computes ``block`` outputs from dense loads and a shuffle (strided windows)."""
+
+    start: int
+    count: int
+    kind: LoopKind = SERIAL
+    inside: bool = False
+    block: int = 0
+
+    @property
+    def step(self) -> int:
+        return self.block or 1
+
+
+def _regions(window: Window, lanes: int) -> list[Region]:
+    """Left border, interior (blocks of ``lanes`` outputs when the stride is 2, then a
+    vectorized loop whose strided loads are gathers), right border."""
+    axis = len(window.out) - 1
+    lo, hi = window.interior(axis)
+    size, stride = window.size[axis], window.stride[axis]
+    regions = [Region(0, lo)]
+    start = lo
+    if stride == 2:
+        # The last dense load of a block starting at output o ends at input index
+        # o*stride - pad + (kernel-1)*dilation + stride*lanes - 1.
+        reach = size - (window.kernel[axis] - 1) * window.dilation[axis] + window.pad[axis]
+        last_start = min((reach - stride * lanes) // stride, hi - lanes)
+        if last_start >= lo:
+            blocks = (last_start - lo) // lanes + 1
+            regions.append(Region(lo, blocks, SERIAL, True, lanes))
+            start = lo + blocks * lanes
+    kind = vectorized(lanes) if hi - start >= lanes else SERIAL
+    regions += [Region(start, hi - start, kind, True), Region(hi, window.out[axis] - hi)]
+    return [r for r in regions if r.count > 0]
+
+
+def _taps(b: lb.KernelBuilder, window: Window, source: Buffer, nc: tuple[Expr, ...],
+          outs: Sequence[Expr], region: Region, body: PoolBody) -> None:
     """Loops over the kernel positions, guarding taps that may fall in the padding."""
     coords: list[Expr] = []
     with contextlib.ExitStack() as stack:
         last = len(outs) - 1
         for axis, o in enumerate(outs):
             k = stack.enter_context(b.for_range(window.kernel[axis], SERIAL, "k"))
+            if axis == last and region.block:
+                o = o.base                      # the block's first output
             index = _input_index(o, k, window, axis)
-            guard = not (inside_last if axis == last else window.always_inside(axis))
+            guard = not (region.inside if axis == last else window.always_inside(axis))
             if guard or axis != last:
                 # A bound variable lets the verifier narrow it by the guard; the innermost
                 # index stays an expression so that vectorization turns it into a ramp.
@@ -154,7 +212,24 @@ def _taps(b: lb.KernelBuilder, window: Window, outs: Sequence[Expr], inside_last
                 stack.enter_context(b.if_(lb.binary("and", lb.ge(index, 0),
                                                     lb.lt(index, window.size[axis]))))
             coords.append(index)
-        body.visit(b, Tap(tuple(coords)))
+        *outer, innermost = coords
+        if region.block:
+            stride = window.stride[last]
+            value = _strided(source, (*nc, *outer), innermost, stride, region.block)
+            body.visit(b, Tap(value, tuple(outer), innermost, window.size, stride,
+                              region.block))
+        else:
+            value = Load(source, (*nc, *coords))
+            body.visit(b, Tap(value, tuple(outer), innermost, window.size))
+
+
+def _strided(source: Buffer, head: tuple[Expr, ...], start: Expr, stride: int, lanes: int
+             ) -> Expr:
+    """``source[*head, start + stride*j]`` for lanes ``j``: ``stride`` (2) dense loads and
+    one shuffle picking every ``stride``-th element."""
+    chunks = [Load(source, (*head, lb.ramp(start + m * lanes if m else start, lanes)))
+              for m in range(stride)]
+    return lb.shuffle(chunks, [j * stride for j in range(lanes)])
 
 
 def _input_index(o: Expr, k: Expr, window: Window, axis: int) -> Expr:
@@ -164,14 +239,6 @@ def _input_index(o: Expr, k: Expr, window: Window, axis: int) -> Expr:
     if pad:
         index = index - pad
     return index + (k if dilation == 1 else k * dilation)
-
-
-def _spatial_flat(coords: Sequence[Expr], size: Sequence[int]) -> Expr:
-    """Row-major position of ``coords`` in a plane of ``size``."""
-    flat: Expr = coords[0]
-    for coordinate, extent in zip(coords[1:], size[1:]):
-        flat = flat * extent + coordinate
-    return flat
 
 
 # -- MaxPool -----------------------------------------------------------------------------------
@@ -186,24 +253,25 @@ def lowest(storage: ScalarType) -> float | int:
 class MaxBody(PoolBody):
     """Running maximum, and the position of its first occurrence when ``indices`` is set."""
 
-    def __init__(self, source: Buffer, nc: Sequence[Expr], window: Window,
-                 store, indices: Buffer | None = None, flat_axis: int = 0) -> None:
-        self.source, self.nc, self.window = source, tuple(nc), window
+    def __init__(self, source: Buffer, window: Window, store: Store,
+                 indices: Buffer | None = None, flat_axis: int = 0) -> None:
+        self.source, self.window = source, window
         self.store, self.indices, self.flat_axis = store, indices, flat_axis
 
-    def start(self, b: lb.KernelBuilder) -> None:
-        t = value_type(self.source.dtype)
+    def start(self, b: lb.KernelBuilder, lanes: int) -> None:
+        t = value_type(self.source.dtype).with_lanes(lanes)
         self.best = b.local(as_expr(lowest(self.source.dtype), t), "best")
-        self.where = b.local(IntImm(0), "where") if self.indices is not None else None
+        self.where = None
+        if self.indices is not None:
+            self.where = b.local(as_expr(0, i64.with_lanes(lanes)), "where")
 
     def visit(self, b: lb.KernelBuilder, tap: Tap) -> None:
-        x = b.let(Load(self.source, (*self.nc, *tap.coords)), "x")
+        x = b.let(tap.value, "x")
         if self.where is None:
             b.assign(self.best, lb.max_(self.best, x))
             return
         better = b.let(lb.gt(x, self.best), "better")
-        b.assign(self.where, Select(better, _spatial_flat(tap.coords, self.window.size),
-                                    self.where))
+        b.assign(self.where, Select(better, tap.position, self.where))
         b.assign(self.best, Select(better, x, self.best))
 
     def finish(self, b: lb.KernelBuilder, nc: Sequence[Expr], outs: Sequence[Expr],
@@ -216,16 +284,15 @@ class MaxBody(PoolBody):
         value = position if dtype == i64 else Cast(position, dtype, "wrap")
         b.store(self.indices, (*nc, *outs), value)
 
-
     def _flat_position(self, nc: Sequence[Expr]) -> Expr:
         """The maximum's position in the input flattened from dim ``flat_axis`` on."""
         n, c = nc
         size = self.window.size
         plane = math.prod(size)
         if self.flat_axis == 0:
-            return self.where + (n * self.source.shape[1] + c) * plane
+            return self.where + splat((n * self.source.shape[1] + c) * plane, self.where)
         if self.flat_axis == 1:
-            return self.where + c * plane
+            return self.where + splat(c * plane, self.where)
         modulus = math.prod(size[self.flat_axis - 2:])
         return self.where if modulus == plane else lb.binary("mod", self.where, modulus)
 
@@ -234,7 +301,7 @@ class MaxBody(PoolBody):
 def lower_max_pool_v1(ctx: LoweringContext, node: nn.MaxPoolV1, epilogue: Epilogue) -> list:
     source = ctx.buffer(node.inputs[0])
     window = Window.of(node)
-    return lower_pool(ctx, node, lambda nc: MaxBody(source, nc, window, epilogue.store))
+    return lower_pool(ctx, node, source, lambda: MaxBody(source, window, epilogue.store))
 
 
 @lowering(nn.MaxPoolV8, nn.MaxPoolV14, epilogue=False)
@@ -250,8 +317,8 @@ def lower_max_pool_v8(ctx: LoweringContext, node: nn.MaxPoolV8, epilogue: Epilog
     def store(b: lb.KernelBuilder, index: Sequence[Expr], value: Expr) -> None:
         b.store(values, tuple(index), value)
 
-    return lower_pool(ctx, node, lambda nc: MaxBody(source, nc, window, store, indices,
-                                                    node.flatten_axis))
+    return lower_pool(ctx, node, source, lambda: MaxBody(source, window, store, indices,
+                                                         node.flatten_axis))
 
 
 # -- AvgPool -----------------------------------------------------------------------------------
@@ -259,21 +326,20 @@ def lower_max_pool_v8(ctx: LoweringContext, node: nn.MaxPoolV8, epilogue: Epilog
 class AvgBody(PoolBody):
     """Sum of the in-bounds taps over the divisor of the module docstring."""
 
-    def __init__(self, source: Buffer, window: Window, nc: Sequence[Expr], fixed_divisor: bool,
-                 out_dtype: ScalarType, store) -> None:
-        self.source, self.window, self.nc = source, window, tuple(nc)
-        self.fixed_divisor, self.out_dtype, self.store = fixed_divisor, out_dtype, store
+    def __init__(self, window: Window, fixed_divisor: bool, out_dtype: ScalarType,
+                 store: Store) -> None:
+        self.window, self.fixed_divisor = window, fixed_divisor
+        self.out_dtype, self.store = out_dtype, store
 
-    def start(self, b: lb.KernelBuilder) -> None:
-        self.total = b.local(as_expr(0.0, f32), "total")
+    def start(self, b: lb.KernelBuilder, lanes: int) -> None:
+        self.total = b.local(as_expr(0.0, f32.with_lanes(lanes)), "total")
 
     def visit(self, b: lb.KernelBuilder, tap: Tap) -> None:
-        x = Load(self.source, (*self.nc, *tap.coords))
-        b.assign(self.total, self.total + _to_f32(x))
+        b.assign(self.total, self.total + _to_f32(tap.value))
 
     def finish(self, b: lb.KernelBuilder, nc: Sequence[Expr], outs: Sequence[Expr],
                inside_last: bool) -> None:
-        mean = self.total / self.divisor(outs, inside_last)
+        mean = self.total / splat(self.divisor(outs, inside_last), self.total)
         if self.out_dtype.is_int:
             mean = Cast(mean, self.out_dtype, "round_even_sat")
         self.store(b, [*nc, *outs], mean)
@@ -312,8 +378,8 @@ def lower_avg_pool(ctx: LoweringContext, node: nn.AvgPoolV1, epilogue: Epilogue)
     has_pads = any(node.pads_begin) or any(node.pads_end)
     fixed = has_pads and not node.exclude_pad
     out_dtype = value_type(from_dtype(node.output_types[0].dtype))
-    return lower_pool(ctx, node, lambda nc: AvgBody(source, window, nc, fixed, out_dtype,
-                                                    epilogue.store))
+    return lower_pool(ctx, node, source, lambda: AvgBody(window, fixed, out_dtype,
+                                                         epilogue.store))
 
 
 __all__ = ["AvgBody", "MaxBody", "Window", "lower_pool", "lowest"]

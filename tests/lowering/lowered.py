@@ -20,6 +20,7 @@ import lpjit
 from lowering.lower_graph import LoweringOptions, lower_graph_to_loops
 from lowering.program import Program
 from lowering.program_exec import llvm_compiler, run_program
+from lowering.target import Target
 from lpjit import reference
 
 
@@ -31,10 +32,13 @@ class Lowered:
     outputs: list[np.ndarray]
 
 
-def lower_model(model: ov.Model, tmp_path: Path, threads: int = 0) -> tuple:
-    """(graph, program) of ``model`` saved as IR and read back."""
+def lower_model(model: ov.Model, tmp_path: Path, threads: int = 0,
+                target: Target | None = None) -> tuple:
+    """(graph, program) of ``model`` saved as IR and read back, lowered for ``target``
+    (default: the host)."""
     graph = lpjit.read_ir(oracle.save(model, tmp_path))
-    return graph, lower_graph_to_loops(graph, LoweringOptions(threads=threads))
+    options = LoweringOptions(threads=threads, target=target or Target.host())
+    return graph, lower_graph_to_loops(graph, options)
 
 
 def assert_matches(actual: np.ndarray, expected: np.ndarray, rtol: float, atol: float,
@@ -48,9 +52,10 @@ def assert_matches(actual: np.ndarray, expected: np.ndarray, rtol: float, atol: 
 
 def check_lowered(model: ov.Model, tmp_path: Path, inputs: Sequence[np.ndarray] | None = None,
                   rtol: float = 1e-4, atol: float = 1e-5, seed: int = 0,
-                  threads: int = 0) -> Lowered:
-    """Lower ``model`` and check both executors against the reference."""
-    graph, program = lower_model(model, tmp_path, threads)
+                  threads: int = 0, target: Target | None = None) -> Lowered:
+    """Lower ``model`` and check both executors against the reference.  A ``target`` with
+    narrower vectors than the host (AVX2's 8 lanes) still runs here."""
+    graph, program = lower_model(model, tmp_path, threads, target)
     inputs = list(oracle.random_inputs(model, seed) if inputs is None else inputs)
     expected = reference.run(graph, inputs)
     by_numba = run_program(program, inputs)
@@ -61,3 +66,6 @@ def check_lowered(model: ov.Model, tmp_path: Path, inputs: Sequence[np.ndarray] 
         assert_matches(m, e, rtol, atol, f"output {index}: LLVM vs reference")
         assert_matches(m, n, 1e-5, 1e-6, f"output {index}: LLVM vs numba")
     return Lowered(program, by_llvm)
+
+
+AVX2 = Target("znver3", frozenset({"sse2", "sse4.1", "sse4.2", "avx", "avx2", "fma", "f16c"}))

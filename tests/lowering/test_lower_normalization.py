@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import openvino as ov
 import pytest
-from lowered import check_lowered
+from lowered import AVX2, check_lowered
 from openvino import opset1, opset2, opset5, opset6, opset8
 
 pytestmark = pytest.mark.oracle
@@ -33,13 +33,16 @@ def uniform(shape, low: float, high: float) -> list[np.ndarray]:
     return [RNG.uniform(low, high, shape).astype(np.float32)]
 
 
-def test_softmax_innermost_fused_with_multiply(tmp_path):
-    """Innermost axis: vector max and sum; the exponentials are kept in the output buffer
-    between passes, and the Multiply after SoftMax is fused into the same kernel."""
+@pytest.mark.parametrize("target", [None, AVX2], ids=["host", "avx2"])
+def test_softmax_innermost_fused_with_multiply(tmp_path, target):
+    """Innermost axis: vector max and sum (16 or, for AVX2, 8 lanes); the exponentials are
+    kept in the output buffer between passes, and the Multiply after SoftMax is fused into
+    the same kernel."""
     x = parameter()
     scaled = opset1.multiply(opset1.softmax(x, 3), opset1.constant(np.float32(3.0)))
     inputs = uniform(SHAPE, -6, 6)
-    program = check_lowered(ov.Model([scaled], [x]), tmp_path, inputs=inputs).program
+    program = check_lowered(ov.Model([scaled], [x]), tmp_path, inputs=inputs,
+                            target=target).program
     assert len(program.steps) == 1
 
 

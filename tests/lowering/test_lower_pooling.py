@@ -12,10 +12,10 @@ from __future__ import annotations
 import numpy as np
 import openvino as ov
 import pytest
-from lowered import check_lowered
+from lowered import AVX2, check_lowered
 from openvino import opset1, opset8, opset14
 
-from lowering.loop_ir import For
+from lowering.loop_ir import For, Shuffle
 from lowering.traversal import walk
 
 pytestmark = pytest.mark.oracle
@@ -97,6 +97,21 @@ def test_wide_rows_vectorized_interior_and_fused_fake_quantize(tmp_path):
              if isinstance(n, For)}
     assert {"vectorized", "parallel"} <= kinds
     assert len(program.outputs) == 2
+
+
+@pytest.mark.parametrize("target", [None, AVX2], ids=["host", "avx2"])
+def test_strided_blocks_with_indices(tmp_path, target):
+    """Stride 2 over 61 columns: blocks of outputs read by two dense loads and a shuffle,
+    their indices (flattened from axis 0) a ramp of stride 2.  Stride 3 reads its interior
+    with gathers instead.  ``threads=1`` keeps every loop serial.  AVX2 blocks are 8 wide."""
+    x = parameter((2, 2, 5, 61))
+    pool = opset8.max_pool(x, (1, 2), (1, 1), (0, 1), (1, 0), (2, 3), axis=0)
+    avg = opset1.avg_pool(x, (1, 3), (0, 1), (1, 0), (2, 3), True)
+    program = check_lowered(model([pool.output(0), pool.output(1), avg], x), tmp_path,
+                            threads=1, target=target).program
+    shuffles = [[n for n in walk(s.kernel.body) if isinstance(n, Shuffle)]
+                for s in program.steps]
+    assert [len(found) > 0 for found in shuffles] == [True, False]
 
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.int8])
