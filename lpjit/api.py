@@ -20,6 +20,7 @@ import numpy as np
 from lpjit.errors import InputError
 from lpjit.frontend import read_ir
 from lpjit.graph import Graph
+from lpjit.passes.report import PrecisionReport
 from lpjit.pipeline import Compilation, CompileOptions, PassRunner, Progress, compile_graph
 from runtime.executable import BufferSpec, Executable
 
@@ -36,8 +37,9 @@ def compile(ir: IRSource, *, weights: bytes | str | Path | None = None,
     ``.bin`` bytes or path), or a ``Graph``.  ``shapes`` gives concrete shapes to inputs with
     dynamic dimensions (by input name; only when reading an IR).  ``threads`` is the OpenMP
     team size (default: every core, ``os.cpu_count()``; 1 compiles serial code).
-    ``low_precision`` asks for quantized subgraphs to run in integer code; it is accepted but
-    today every op runs in float (FakeQuantize as float arithmetic).  ``dump_dir`` receives the
+    ``low_precision`` (default) runs quantized Convolution / GroupConvolution / MatMul in exact
+    integer code and keeps compressed weights low precision; ``False`` executes every
+    FakeQuantize as float arithmetic (see ``CompiledModel.precision_report``).  ``dump_dir`` receives the
     IR after every pipeline step, ``verify`` runs every step's verifier, ``progress`` is called
     as steps start and end (see ``lpjit.pipeline.Progress``).
     """
@@ -80,6 +82,31 @@ class TensorInfo:
     def answers_to(self, name: str) -> bool:
         """True when ``name`` is this tensor's name or one of its aliases."""
         return name == self.name or name in self.aliases
+
+
+@attrs.frozen
+class MemoryReport:
+    """Resident memory of a compiled model: constant bytes per element type, arena bytes."""
+
+    weight_bytes: dict[str, int]
+    arena_bytes: int
+
+    @property
+    def total_weight_bytes(self) -> int:
+        return sum(self.weight_bytes.values())
+
+    @classmethod
+    def of(cls, program, arena_bytes: int) -> MemoryReport:
+        by_type: dict[str, int] = {}
+        for buffer in program.constants:
+            nbytes = int(buffer.data.nbytes) if buffer.data is not None else 0
+            by_type[buffer.dtype.name] = by_type.get(buffer.dtype.name, 0) + nbytes
+        return cls(dict(sorted(by_type.items())), arena_bytes)
+
+    def __str__(self) -> str:
+        parts = ", ".join(f"{k}: {v} B" for k, v in self.weight_bytes.items())
+        return (f"weights {self.total_weight_bytes} B ({parts or 'none'}), "
+                f"arena {self.arena_bytes} B")
 
 
 class CompiledModel:
@@ -173,6 +200,15 @@ class CompiledModel:
     def timings(self) -> dict[str, float]:
         """Seconds spent in each compile step, in pipeline order."""
         return {r.name: r.seconds for r in self.compilation.records}
+
+    def precision_report(self) -> PrecisionReport:
+        """Every layer's precision (``u8 x i8 -> i32 -> f32`` or ``f32``) and, for every
+        FakeQuantize or compressed weight left in float, the reason.  ``print()`` it."""
+        return self.compilation.precision
+
+    def memory_report(self) -> MemoryReport:
+        """Resident bytes: constants (weights) by element type, and the scratch arena."""
+        return MemoryReport.of(self.compilation.program, self.compilation.plan.arena_bytes)
 
     def llvm_ir(self) -> str:
         """The optimised LLVM IR of the whole model (every kernel and the entry point)."""

@@ -25,6 +25,8 @@ from lowering.verifier import verify_kernel
 from lpjit.errors import VerificationError
 from lpjit.graph import Graph, Parameter, topological_order
 from lpjit.passes.fold_constants import fold_constants
+from lpjit.passes.low_precision import LOW_PRECISION_PIPELINE, verify_step
+from lpjit.passes.report import FloatReason, PrecisionReport, build_precision_report
 from runtime.entry_point import ProgramModule, lower_program_to_llvm
 from runtime.jit import JitEngine, JitLibrary
 from runtime.memory import MemoryPlan, plan_memory, print_memory_plan, verify_memory_plan
@@ -37,8 +39,9 @@ class CompileOptions:
     """What ``lpjit.compile`` was asked for.
 
     ``threads``: OpenMP team size (1 = no parallel loops); ``low_precision``: run quantized
-    subgraphs in integer code (accepted; every op runs in float until the INT8 passes land);
-    ``target``: the CPU to generate code for (the host, for the JIT).
+    subgraphs in integer code (``LOW_PRECISION_PIPELINE`` first; False executes FakeQuantize
+    as float arithmetic, as a device without INT8 support does); ``target``: the CPU to
+    generate code for (the host, for the JIT).
     """
 
     threads: int = 1
@@ -137,12 +140,14 @@ class Compilation:
     library: JitLibrary
     options: CompileOptions
     records: tuple[StepRecord, ...]
+    precision: PrecisionReport
 
 
 def compile_graph(graph: Graph, options: CompileOptions = CompileOptions(),
                   runner: PassRunner | None = None) -> Compilation:
     """Compile ``graph`` for the host: the whole pipeline (module docstring)."""
     runner = runner or PassRunner()
+    graph, precision = run_low_precision_passes(graph, options, runner)
     for graph_pass in GRAPH_PASSES:
         graph = runner.run_graph_pass(graph_pass, graph, options)
     lowering_options = LoweringOptions(target=options.target, threads=options.threads)
@@ -158,7 +163,26 @@ def compile_graph(graph: Graph, options: CompileOptions = CompileOptions(),
                         dumps=(("ll", lambda m: str(m.ir_module)),))
     library = runner.run("compile_llvm", lambda: engine.add_module(module.lowered),
                          dumps=(("opt.ll", JitLibrary.llvm_ir), ("s", JitLibrary.assembly)))
-    return Compilation(graph, program, plan, module, library, options, tuple(runner.records))
+    return Compilation(graph, program, plan, module, library, options, tuple(runner.records),
+                       precision)
+
+
+def run_low_precision_passes(graph: Graph, options: CompileOptions, runner: PassRunner
+                             ) -> tuple[Graph, PrecisionReport]:
+    """``LOW_PRECISION_PIPELINE`` through the runner (named, timed, verified, dumped), then
+    the precision report; with ``low_precision=False`` the graph is unchanged and the report
+    says every layer runs in float."""
+    original = graph
+    reasons: list[FloatReason] = []
+    if options.low_precision:
+        for step in LOW_PRECISION_PIPELINE:
+            before = graph
+            graph, found = runner.run(
+                step.name, lambda s=step, g=graph: s.run(g),
+                verifier=lambda result, n=step.name, b=before: verify_step(n, b, result[0]),
+                dumps=(("graph", lambda result: print_graph(result[0])),))
+            reasons.extend(found)
+    return graph, build_precision_report(original, graph, reasons)
 
 
 @functools.cache

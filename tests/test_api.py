@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import lpjit
+from lpjit.passes.low_precision import LOW_PRECISION_PIPELINE
 from lpjit import dtypes, reference
 from lpjit.errors import InputError
 from lpjit.graph import Constant, Graph, Origin, Parameter, Result
@@ -202,12 +203,16 @@ def test_repr_shows_inputs_outputs_target_threads_and_arena(compiled) -> None:
     assert re.fullmatch(r"  target:  \S+ \(.*avx2.*\), threads=2, arena=\d+ bytes>", lines[3])
 
 
+LOW_PRECISION_STEPS = [step.name for step in LOW_PRECISION_PIPELINE]
+
+
 def test_inspection_program_llvm_ir_assembly_and_timings(compiled) -> None:
     assert [s.label for s in compiled.program.steps] == ["add + relu", "mul + sigmoid + gate"]
     assert 'define void @"lpjit_run"' in compiled.llvm_ir() or "@lpjit_run" in compiled.llvm_ir()
     assert re.search(r"^lpjit_run:", compiled.assembly(), re.MULTILINE)
-    assert list(compiled.timings()) == ["fold_constants", "lower_graph_to_loops",
-                                        "plan_memory", "lower_program_to_llvm", "compile_llvm"]
+    assert list(compiled.timings()) == [*LOW_PRECISION_STEPS, "fold_constants",
+                                        "lower_graph_to_loops", "plan_memory",
+                                        "lower_program_to_llvm", "compile_llvm"]
     assert compiled.arena_bytes == 0                      # relu's output is a model output
 
 
@@ -216,15 +221,19 @@ def test_dump_dir_and_progress_see_every_step(graph, tmp_path: Path) -> None:
     lpjit.compile(graph, threads=1, dump_dir=tmp_path / "dump",
                   progress=lambda name, index, record: events.append(
                       (name, index, record is not None)))
-    names = ["fold_constants", "lower_graph_to_loops", "plan_memory",
+    names = [*LOW_PRECISION_STEPS, "fold_constants", "lower_graph_to_loops", "plan_memory",
              "lower_program_to_llvm", "compile_llvm"]
     assert events == [(n, i, done) for i, n in enumerate(names) for done in (False, True)]
     files = sorted(p.name for p in (tmp_path / "dump").iterdir())
-    assert files == ["01-fold_constants.graph", "02-lower_graph_to_loops.loops",
-                     "03-plan_memory.memory", "04-lower_program_to_llvm.ll",
-                     "05-compile_llvm.opt.ll", "05-compile_llvm.s"]
-    assert "[3] %add = Add(%x, %bias" in (tmp_path / "dump/01-fold_constants.graph").read_text()
-    assert "kernel add(" in (tmp_path / "dump/02-lower_graph_to_loops.loops").read_text()
+    k = len(LOW_PRECISION_STEPS)
+    expected = [f"{i + 1:02d}-{n}.graph" for i, n in enumerate(LOW_PRECISION_STEPS)]
+    expected += [f"{k + 1:02d}-fold_constants.graph", f"{k + 2:02d}-lower_graph_to_loops.loops",
+                 f"{k + 3:02d}-plan_memory.memory", f"{k + 4:02d}-lower_program_to_llvm.ll",
+                 f"{k + 5:02d}-compile_llvm.opt.ll", f"{k + 5:02d}-compile_llvm.s"]
+    assert files == expected
+    folded = (tmp_path / f"dump/{k + 1:02d}-fold_constants.graph").read_text()
+    assert "[3] %add = Add(%x, %bias" in folded
+    assert "kernel add(" in (tmp_path / f"dump/{k + 2:02d}-lower_graph_to_loops.loops").read_text()
 
 
 # -- edge-case graphs --------------------------------------------------------------------------

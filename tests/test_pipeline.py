@@ -14,6 +14,7 @@ from lpjit.errors import VerificationError
 from lpjit.graph import Constant, Graph, Origin, Parameter, Result, TensorType
 from lpjit.ops import activations as act
 from lpjit.ops import elementwise as ew
+from lpjit.passes.low_precision import LOW_PRECISION_PIPELINE
 from lpjit.pipeline import (
     GRAPH_PASSES,
     CompileOptions,
@@ -102,6 +103,6 @@ def test_compile_graph_runs_every_stage_in_order() -> None:
     compilation = compile_graph(small_graph(), CompileOptions(threads=1),
                                 PassRunner(verify=True))
     assert [r.name for r in compilation.records] == [
-        "fold_constants", "lower_graph_to_loops", "plan_memory", "lower_program_to_llvm",
-        "compile_llvm"]
+        *(step.name for step in LOW_PRECISION_PIPELINE), "fold_constants",
+        "lower_graph_to_loops", "plan_memory", "lower_program_to_llvm", "compile_llvm"]
     assert [s.label for s in compilation.program.steps] == ["double + relu"]
