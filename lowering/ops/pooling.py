@@ -1,12 +1,14 @@
 """MaxPool-1/8/14 and AvgPool-1/14 lowered to loops.
 
-Loop nest: ``n``, ``c`` (the first of them longer than one iteration is ``parallel``), the
-outer spatial output axes, then the innermost output axis split into three ranges: a left
+Loop nest: ``n``, ``c``, the outer spatial output axes (the first loop of them longer than
+one iteration is ``parallel``), then the innermost output axis split into ranges: a left
 border, an *interior* where every window tap lies inside the input along that axis, and a
-right border.  The interior loop is ``vectorized`` (a tap reads a ramp of stride ``stride``)
-and needs no bounds test along the axis; the borders are scalar and guard each tap.  Taps
-along outer spatial axes are guarded by an ``If`` on their input index (uniform across the
-vector lanes).  Semantics follow ``lpjit.reference.nn``:
+right border.  The interior needs no bounds test along the axis; with stride 2 it runs as
+blocks of one vector of outputs, each tap two dense loads and a shuffle keeping every other
+lane, and otherwise (or for what is left) as a ``vectorized`` loop whose taps read ramps of
+stride ``stride``.  The borders are scalar and guard each tap.  Taps along outer spatial axes
+are guarded by an ``If`` on their input index (uniform across the vector lanes).  Semantics
+follow ``lpjit.reference.nn``:
 
 * MaxPool starts from the lowest finite value (what a window entirely in the padding gives);
   taps in the padding are skipped.  MaxPool-8/14 also return the first maximum's position,
@@ -93,10 +95,10 @@ class Tap:
     ``position`` in the spatial plane (i64, computed only when asked for)."""
 
     value: Expr
-    outer: tuple[Expr, ...]          # input coordinates along the outer spatial axes
-    last: Expr                       # input coordinate along the innermost axis (first lane)
-    size: tuple[int, ...]
-    stride: int = 1                  # input step between lanes (block taps)
+    outer: tuple[Expr, ...]    # input coordinates along the outer spatial axes
+    last: Expr                 # input coordinate along the innermost axis (of the first lane)
+    size: tuple[int, ...]      # the input's spatial shape
+    stride: int = 1            # input step between lanes (block taps)
     lanes: int = 1
 
     @property

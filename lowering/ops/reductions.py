@@ -35,6 +35,7 @@ from lowering.loop_ir import (
     Expr,
     IntImm,
     Load,
+    LoopKind,
     ReduceLanes,
     Type,
     as_expr,
@@ -88,7 +89,7 @@ def splat(value: Expr, like: Expr) -> Expr:
     return Broadcast(value, lanes)
 
 
-def parallel_kind(ctx: LoweringContext, extent: int, taken: list[bool]):
+def parallel_kind(ctx: LoweringContext, extent: int, taken: list[bool]) -> LoopKind:
     """``PARALLEL`` for the first loop longer than one iteration (unless ``threads == 1``)."""
     if taken[0] or extent < 2 or ctx.options.threads == 1:
         return SERIAL
