@@ -16,12 +16,16 @@ FakeQuantize or Convert of a Constant) is evaluated at compile time by the refer
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from lowering.loop_ir import Kernel
 from lowering.lower_graph import Epilogue, LoweringContext, lowering
 from lowering.ops.nn_conv import ConvGeometry, lower_conv, lower_depthwise
+from lowering.ops.nn_conv_channels import lower_conv_by_channels
 from lowering.ops.nn_matmul import lower_matmul
+from lowering.ops.nn_schedules import default_conv_schedule
 from lpjit.errors import LoweringError
 from lpjit.graph import Constant, Node, Value
 from lpjit.ops.nn import Convolution, GroupConvolution, MatMul
@@ -65,7 +69,12 @@ def lower_convolution(ctx: LoweringContext, node: Node, epilogue: Epilogue) -> l
     weights = weights.astype(np.float32).reshape(geometry.weights_shape)
     if geometry.is_depthwise and geometry.spatial_rank == 2:
         return [lower_depthwise(ctx, node, epilogue, geometry, weights)]
-    return [lower_conv(ctx, node, epilogue, geometry, weights)]
+    schedule = default_conv_schedule(ctx.target, geometry.group_out, geometry.out_spatial,
+                                     geometry.group_in * math.prod(geometry.kernel),
+                                     ctx.options.threads)
+    if schedule.vectorize == "channels":
+        return [lower_conv_by_channels(ctx, node, epilogue, geometry, weights, schedule)]
+    return [lower_conv(ctx, node, epilogue, geometry, weights, schedule)]
 
 
 @lowering(MatMul)

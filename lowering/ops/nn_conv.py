@@ -17,8 +17,9 @@ the inner loop has no border case.  Without padding and with a unit width stride
 is read directly.
 
 Depthwise convolution (2-D, one channel per group): per (n, c), a padded copy of that one
-plane (stack scratch), then tiles of `rows` output rows x `vectors` vectors, each output
-vector a straight-line chain of ``KH*KW`` FMAs (loads shared between rows are merged by LLVM).
+plane (stack scratch), then tiles of `rows` output rows (the last tile shifted back) x
+`vectors` vectors, each output vector a chain of ``KH*KW`` FMAs in unrolled loops (loads
+shared between rows are merged by LLVM).
 """
 
 from __future__ import annotations
@@ -30,9 +31,9 @@ import attrs
 import numpy as np
 
 from lowering import builder as lb
-from lowering.loop_ir import SERIAL, Buffer, Expr, Kernel, Load, as_expr, f32, vectorized
+from lowering.loop_ir import SERIAL, UNROLLED, Buffer, Expr, Kernel, Load, as_expr, f32, vectorized
 from lowering.lower_graph import Epilogue, LoweringContext, kernel_builder, make_kernel
-from lowering.ops.nn_schedules import default_conv_schedule, default_depthwise_schedule
+from lowering.ops.nn_schedules import ConvSchedule, default_depthwise_schedule
 from lowering.ops.nn_tiles import (
     Reduction,
     TileColumns,
@@ -135,10 +136,13 @@ class ConvSource:
 
     def vector(self, prefix: Sequence[Index], outer: Sequence[Index], start: Index,
                kw: Index, lanes: int) -> Load:
-        """Input pixels ``start*s + kw*d`` (``lanes`` output pixels) of row ``outer``."""
+        """Input pixels ``start*s + kw*d`` (``lanes`` output pixels) of row ``outer``; an
+        unphased source with a width stride serves scalars (``lanes == 1``) only."""
         s, d = self.stride_w, self.dilation_w
         if not self.phased:
-            return Load(self.buffer, (*prefix, *outer, vector_index(start + kw * d, lanes)))
+            assert lanes == 1 or s == 1, "strided vector reads need the phase-split copy"
+            column = add(mul(start, s), mul(kw, d))
+            return Load(self.buffer, (*prefix, *outer, vector_index(column, lanes)))
         phase, offset = (kw * d) % s, (kw * d) // s
         return Load(self.buffer, (*prefix, *outer, phase, vector_index(start + offset, lanes)))
 
@@ -208,10 +212,11 @@ def _zero_range(b: lb.KernelBuilder, p: Buffer, prefix: Sequence[Index], start: 
         b.store(p, (*prefix, j + start), as_expr(0.0, f32))
 
 
-def _source(b: lb.KernelBuilder, ctx: LoweringContext, node: Node, g: ConvGeometry, x: Buffer,
-            parallel: bool) -> ConvSource:
-    """The input as tiles read it; emits the padded copy (into a program scratch buffer)."""
-    if not g.needs_copy:
+def conv_source(b: lb.KernelBuilder, ctx: LoweringContext, node: Node, g: ConvGeometry,
+                x: Buffer, parallel: bool, copy: bool) -> ConvSource:
+    """The input as tiles read it; with ``copy``, emits the padded, phase-split copy (into a
+    program scratch buffer) and reads that."""
+    if not copy:
         return ConvSource(x, False, g.strides[-1], g.dilations[-1])
     shape = (g.batch, g.channels, *g.padded_shape())
     p = Buffer(ctx.name(node.origin.name + "_padded"), f32, shape, role="scratch",
@@ -226,14 +231,13 @@ def _source(b: lb.KernelBuilder, ctx: LoweringContext, node: Node, g: ConvGeomet
 # -- direct convolution ------------------------------------------------------------------------
 
 def lower_conv(ctx: LoweringContext, node: Node, epilogue: Epilogue, g: ConvGeometry,
-               weights: np.ndarray) -> Kernel:
-    """The direct convolution kernel (see the module docstring)."""
-    schedule = default_conv_schedule(ctx.target, g.group_out, g.out_spatial[-1],
-                                     ctx.options.threads)
+               weights: np.ndarray, schedule: ConvSchedule) -> Kernel:
+    """The width-vectorized direct convolution kernel (see the module docstring)."""
     tile = schedule.tile
     packed = ctx.constant(node.origin.name + "_weights", pack_conv_weights(weights, tile.rows))
     b = kernel_builder(ctx, node)
-    source = _source(b, ctx, node, g, ctx.buffer(node.inputs[0]), schedule.parallel)
+    source = conv_source(b, ctx, node, g, ctx.buffer(node.inputs[0]), schedule.parallel,
+                         g.needs_copy)
     outer_extents = (g.batch, *g.out_spatial[:-1])
     count = math.prod(outer_extents)
     writer = _ConvWriter(b, g, source, packed, epilogue, schedule.unroll_kernel_width, tile.rows)
@@ -339,14 +343,10 @@ def lower_depthwise(ctx: LoweringContext, node: Node, epilogue: Epilogue, g: Con
             source, prefix = ConvSource(plane, True, g.strides[-1], g.dilations[-1]), ()
         else:
             source, prefix = ConvSource(x, False, 1, g.dilations[-1]), (n, c)
-        taps = [[b.let(Load(packed, (c, i, j)), "w") for j in range(kw)] for i in range(kh)]
-        writer = _DepthwiseWriter(b, g, source, prefix, taps, epilogue, n, c)
-        full = out_h // tile.rows
-        if full:
-            with b.for_range(full, name="oh") as block:
-                writer.rows(block * tile.rows, tile.rows, tile.vectors, tile.lanes)
-        if out_h % tile.rows:
-            writer.rows(full * tile.rows, out_h % tile.rows, tile.vectors, tile.lanes)
+        writer = _DepthwiseWriter(b, g, source, prefix, packed, epilogue, n, c)
+        with b.for_range(-(-out_h // tile.rows), name="oh") as block:
+            writer.rows(block_first(block, tile.rows, out_h), tile.rows, tile.vectors,
+                        tile.lanes)
     return make_kernel(b)
 
 
@@ -358,7 +358,7 @@ class _DepthwiseWriter:
     g: ConvGeometry
     source: ConvSource
     prefix: tuple[Index, ...]
-    taps: list[list[Expr]]
+    weights: Buffer
     epilogue: Epilogue
     n: Index
     c: Index
@@ -372,20 +372,22 @@ class _DepthwiseWriter:
             self.tile(first, rows, cover.remainder_tile())
 
     def tile(self, first: Index, rows: int, columns: TileColumns) -> None:
-        (sh, _), (dh, _) = self.g.strides, self.g.dilations
-        lanes = columns.lanes
-        for i in range(rows):
-            oh = add(first, i)
-            for v in range(columns.count):
-                start = columns.start(v)
-                acc: Expr = lb.broadcast(0.0, lanes, f32)
-                for kh, row_taps in enumerate(self.taps):
-                    for kw, weight in enumerate(row_taps):
-                        row = add(mul(oh, sh), kh * dh)
-                        x = self.source.vector(self.prefix, (row,), start, kw, lanes)
-                        acc = lb.fma(lb.broadcast(weight, lanes, f32), x, acc)
-                index = (self.n, self.c, oh, vector_index(start, lanes))
-                self.epilogue.store(self.b, index, acc)
+        """``rows x count`` output vectors, each a chain of ``KH*KW`` FMAs (unrolled loops;
+        LLVM merges the input loads that neighbouring rows share)."""
+        b, g, lanes = self.b, self.g, columns.lanes
+        (sh, _), (dh, _) = g.strides, g.dilations
+        kernel_h, kernel_w = g.kernel
+        with b.for_range(rows, kind=UNROLLED, name="r") as i, \
+                b.for_range(columns.count, kind=UNROLLED, name="v") as v:
+            oh, start = add(first, i), columns.start(v)
+            acc = b.local(lb.broadcast(0.0, lanes, f32), "acc")
+            with b.for_range(kernel_h, kind=UNROLLED, name="kh") as kh, \
+                    b.for_range(kernel_w, kind=UNROLLED, name="kw") as kw:
+                weight = lb.broadcast(Load(self.weights, (self.c, kh, kw)), lanes, f32)
+                row = add(mul(oh, sh), mul(kh, dh))
+                x = self.source.vector(self.prefix, (row,), start, kw, lanes)
+                b.assign(acc, lb.fma(weight, x, acc))
+            self.epilogue.store(b, (self.n, self.c, oh, vector_index(start, lanes)), acc)
 
 
 __all__ = ["ConvGeometry", "lower_conv", "lower_depthwise", "pack_conv_weights"]

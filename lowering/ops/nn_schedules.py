@@ -16,6 +16,8 @@ by itself.  ``default_*_schedule`` choose one per op and per ``Target``:
 
 from __future__ import annotations
 
+import math
+
 import attrs
 
 from lowering.target import Target
@@ -37,9 +39,16 @@ class RegisterTile:
 
 @attrs.frozen
 class ConvSchedule:
-    """Direct convolution: output channels in ``tile.rows``, output width in vectors."""
+    """Direct convolution.
+
+    ``vectorize="width"``: output channels are the tile's broadcast rows, output pixels along
+    the width its vectors.  ``vectorize="channels"``: output pixels (flattened over the
+    spatial dims) are the rows, output channels the vectors (input read as scalars, output
+    stored lane by lane: worth it when rows are short and the reduction is long).
+    """
 
     tile: RegisterTile
+    vectorize: str = "width"
     parallel: bool = True
     unroll_kernel_width: int = 16
 
@@ -66,22 +75,55 @@ def registers(target: Target) -> int:
     return 32 if target.has_avx512 else 16
 
 
-def default_conv_schedule(target: Target, out_channels: int, out_width: int,
-                          threads: int) -> ConvSchedule:
-    """Direct conv: 6 channels x 4 vectors on AVX-512, 4 x 3 (or 6 x 2) on AVX2.
+def axis_efficiency(extent: int, lanes: int, vectors: int) -> float:
+    """Useful fraction of the vector instructions covering ``extent`` (as ``cover_axis``
+    does: full tiles, then remainder vectors, narrow ones costing as much as full ones)."""
+    if extent < lanes:
+        narrow = 1 << (extent.bit_length() - 1)
+        return extent / lanes / -(-extent // narrow)
+    full = extent // (vectors * lanes) * vectors
+    rest = extent - full * lanes
+    return extent / lanes / (full + -(-rest // lanes))
 
-    Fewer vectors when the output row is short (a row of 56 is 4 AVX-512 vectors, the last one
-    overlapping), fewer rows when there are few output channels.
-    """
+
+def block_efficiency(extent: int, rows: int) -> float:
+    """Useful fraction of ``rows``-blocks covering ``extent`` (the last block overlapping)."""
+    return extent / (-(-extent // rows) * rows)
+
+
+def _tile(target: Target, rows: int, vectors: int, row_extent: int,
+          column_extent: int) -> RegisterTile:
+    """A ``rows x vectors`` tile clipped to the extents and the register budget."""
     lanes = target.f32_lanes
-    if target.has_avx512:
-        rows, vectors = 6, 4
-    else:
-        rows, vectors = 4, 3
-    vectors = max(1, min(vectors, -(-out_width // lanes)))
+    vectors = max(1, min(vectors, -(-column_extent // lanes)))
     budget = registers(target) - vectors - 1
-    rows = max(1, min(out_channels, budget // vectors, 8))
-    return ConvSchedule(RegisterTile(rows, vectors, lanes), parallel=threads != 1)
+    return RegisterTile(max(1, min(row_extent, budget // vectors, rows)), vectors, lanes)
+
+
+def conv_schedules(target: Target, group_out: int, out_spatial: tuple[int, ...],
+                   reduction: int, threads: int) -> dict[str, tuple[ConvSchedule, float]]:
+    """Both direct-conv schedules with their estimated efficiency: 6 x 4 tiles on AVX-512,
+    4 x 3 (width) or 6 x 2 (channels) on AVX2.  ``reduction`` = MACs per output; the
+    lane-by-lane stores of the channel layout cost about one FMA per lane."""
+    avx512 = target.has_avx512
+    pixels = math.prod(out_spatial)
+    width = _tile(target, 6 if avx512 else 4, 4 if avx512 else 3, group_out, out_spatial[-1])
+    channels = _tile(target, 6, 4 if avx512 else 2, pixels, group_out)
+    by_width = (axis_efficiency(out_spatial[-1], width.lanes, width.vectors)
+                * block_efficiency(group_out, width.rows))
+    by_channels = (axis_efficiency(group_out, channels.lanes, channels.vectors)
+                   * block_efficiency(pixels, channels.rows)
+                   * reduction / (reduction + channels.lanes))
+    parallel = threads != 1
+    return {"width": (ConvSchedule(width, "width", parallel), by_width),
+            "channels": (ConvSchedule(channels, "channels", parallel), by_channels)}
+
+
+def default_conv_schedule(target: Target, group_out: int, out_spatial: tuple[int, ...],
+                          reduction: int, threads: int) -> ConvSchedule:
+    """The direct-conv schedule of ``conv_schedules`` with the better estimate."""
+    candidates = conv_schedules(target, group_out, out_spatial, reduction, threads)
+    return max(candidates.values(), key=lambda pair: pair[1])[0]
 
 
 def default_depthwise_schedule(target: Target, out_height: int, out_width: int,

@@ -22,6 +22,7 @@ import lpjit
 from lowering.loop_ir import For, Kernel
 from lowering.lower_graph import LoweringOptions, lower_graph_to_loops
 from lowering.ops.nn_conv import block_starts, pack_conv_weights
+from lowering.ops.nn_schedules import conv_schedules
 from lowering.ops.nn_tiles import cover_axis
 from lowering.program import Program
 from lowering.program_exec import llvm_compiler, run_program
@@ -75,6 +76,18 @@ def conv_model(shape, w_shape, strides, dilations, pads_begin, pads_end, auto_pa
     return ov.Model([conv], [x])
 
 
+@pytest.fixture(params=["width", "channels"])
+def vectorize(request, monkeypatch) -> str:
+    """Force one of the two direct-conv schedules (the default picks by estimated speed)."""
+    import lowering.ops.nn as nn_lowering
+
+    def forced(*args):
+        return conv_schedules(*args)[request.param][0]
+
+    monkeypatch.setattr(nn_lowering, "default_conv_schedule", forced)
+    return request.param
+
+
 # -- helpers ---------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("extent, lanes, vectors", [(56, 16, 4), (56, 8, 3), (7, 16, 2),
@@ -119,7 +132,7 @@ CONVOLUTIONS = {
 
 
 @pytest.mark.parametrize("case", CONVOLUTIONS)
-def test_convolution(tmp_path, case):
+def test_convolution(tmp_path, case, vectorize):
     check(conv_model(*CONVOLUTIONS[case]), tmp_path)
 
 
@@ -131,13 +144,13 @@ def test_convolution_auto_pad(tmp_path, auto_pad, shape):
     check(model, tmp_path)
 
 
-def test_convolution_1d_and_3d(tmp_path):
+def test_convolution_1d_and_3d(tmp_path, vectorize):
     check(conv_model((2, 3, 13), (4, 3, 4), (3,), (2,), (1,), (2,)), tmp_path / "1d")
     check(conv_model((1, 2, 5, 6, 4), (3, 2, 2, 3, 2), (1, 2, 1), (2, 1, 1), (1, 0, 1),
                      (0, 1, 0)), tmp_path / "3d")
 
 
-def test_group_convolution(tmp_path):
+def test_group_convolution(tmp_path, vectorize):
     """3 groups of 2 -> 4 channels, stride (1, 2), asymmetric pads."""
     check(conv_model((2, 6, 7, 7), (3, 4, 2, 3, 3), (1, 2), (1, 1), (1, 1), (1, 0),
                      groups=True), tmp_path)
@@ -155,13 +168,13 @@ def test_depthwise_convolution(tmp_path, shape, strides, dilations, auto_pad):
     check(model, tmp_path)
 
 
-def test_depthwise_with_channel_multiplier(tmp_path):
+def test_depthwise_with_channel_multiplier(tmp_path, vectorize):
     """One input channel per group, three outputs each (the general grouped path)."""
     check(conv_model((1, 5, 6, 9), (5, 3, 1, 3, 3), (1, 1), (1, 1), (1, 1), (1, 1),
                      groups=True), tmp_path)
 
 
-def test_convolution_with_fused_bias_and_relu(tmp_path):
+def test_convolution_with_fused_bias_and_relu(tmp_path, vectorize):
     """Conv + per-channel bias Add + ReLU run in one kernel."""
     x = opset1.parameter((1, 11, 7, 19), np.float32, name="x")
     conv = opset1.convolution(x, weights(13, 11, 3, 3), (1, 1), (1, 1), (1, 1), (1, 1))
@@ -169,7 +182,7 @@ def test_convolution_with_fused_bias_and_relu(tmp_path):
     check(ov.Model([out], [x]), tmp_path, steps=1)
 
 
-def test_convolution_with_fused_fake_quantize(tmp_path):
+def test_convolution_with_fused_fake_quantize(tmp_path, vectorize):
     """Conv + FakeQuantize (256 levels) in one kernel; outputs on the quantization grid."""
     x = opset1.parameter((1, 4, 6, 9), np.float32, name="x")
     conv = opset1.convolution(x, weights(5, 4, 3, 3), (1, 1), (1, 1), (1, 1), (1, 1))
@@ -178,7 +191,7 @@ def test_convolution_with_fused_fake_quantize(tmp_path):
     check(ov.Model([out], [x]), tmp_path, steps=1)
 
 
-def test_avx2_target_convolutions(tmp_path):
+def test_avx2_target_convolutions(tmp_path, vectorize):
     """8-lane code (AVX2 tiles) lowered for znver3 runs right on this host."""
     check(conv_model(*CONVOLUTIONS["stride2_prime_asymmetric_batch2"]), tmp_path / "conv",
           AVX2)
