@@ -90,18 +90,19 @@ def is_nan(x: Expr) -> Expr:
 
 
 def np_maximum(a: Expr, b: Expr) -> Expr:
-    """numpy's ``maximum``: ``(a >= b or isnan(a)) ? a : b`` on floats (NaN from either side
-    wins, ``maximum(-0., 0.)`` is ``-0.``), ``max`` on integers."""
+    """numpy's ``maximum``: ``(a > b or isnan(a)) ? a : b`` on floats (NaN from either side
+    wins; of two zeros the second, ``maximum(-0., 0.) = 0.``, as numpy's vmaxps-based loops),
+    ``max`` on integers."""
     if not a.type.is_float:
         return lb.max_(a, b)
-    return Select(lb.binary("or", lb.ge(a, b), is_nan(a)), a, b)
+    return Select(lb.binary("or", lb.gt(a, b), is_nan(a)), a, b)
 
 
 def np_minimum(a: Expr, b: Expr) -> Expr:
-    """numpy's ``minimum``: ``(a <= b or isnan(a)) ? a : b`` on floats."""
+    """numpy's ``minimum``: ``(a < b or isnan(a)) ? a : b`` on floats."""
     if not a.type.is_float:
         return lb.min_(a, b)
-    return Select(lb.binary("or", lb.le(a, b), is_nan(a)), a, b)
+    return Select(lb.binary("or", lb.lt(a, b), is_nan(a)), a, b)
 
 
 # -- arithmetic ----------------------------------------------------------------------------
@@ -261,8 +262,10 @@ def _unary_call(node: Node, args: Sequence[Expr]) -> Expr:
 
 @emitter(act.Negative)
 def _negative(node: Node, args: Sequence[Expr]) -> Expr:
+    """``-0.0 - x`` on floats (exact negation: ``-(+0) = -0``), ``0 - x`` (wrapping) on
+    integers."""
     (x,) = args
-    return lb.binary("sub", imm(0, x), x)
+    return lb.binary("sub", imm(-0.0 if x.type.is_float else 0, x), x)
 
 
 @emitter(act.Clamp)
