@@ -4,12 +4,12 @@ One kernel; per batch index (batch dims broadcast as numpy does; the first longe
 iteration is ``parallel``):
 
 1. ``k`` is transposed into a scratch ``[E, S]`` so that logits are dense along ``S``.
-2. Per query row ``l``: ``logits[s] = sum_e q[l, e] * kT[e, s] * scale + bias[l, s]``
-   (vectorized over ``s``, accumulated over ``e`` in registers) into a scratch row; the bias
-   is ``-inf`` above the diagonal when ``causal``, else the mask (boolean: ``-inf`` where
-   False; float: added).
-3. The row's max, then ``exp(logit - max)`` kept in the row while summing.
-4. ``out[l, ev] = sum_s row[s] * v[s, ev] / total`` (vectorized over ``ev``).
+2. Per block of ``ROW_BLOCK`` query rows ``l``:
+   ``logits[l, s] = sum_e q[l, e] * kT[e, s] * scale + bias[l, s]`` (vectorized over ``s``,
+   one register accumulator per row, fused multiply-adds) into scratch rows; the bias is ``-inf`` above the
+   diagonal when ``causal``, else the mask (boolean: ``-inf`` where False; float: added).
+3. Each row's max, then ``exp(logit - max)`` kept in the row while summing.
+4. ``out[l, ev] = sum_s logits[l, s] * v[s, ev] / total[l]`` (vectorized over ``ev``).
 
 Float32 throughout, where the reference computes in float64; a row masked entirely gives NaN
 as the reference does.  The default scale is ``1 / sqrt(E)`` rounded to float32.
@@ -20,8 +20,20 @@ from __future__ import annotations
 import contextlib
 import math
 
+import attrs
+
 from lowering import builder as lb
-from lowering.loop_ir import SERIAL, Expr, IntImm, Load, Select, as_expr, f32, vectorized
+from lowering.loop_ir import (
+    SERIAL,
+    Buffer,
+    Expr,
+    IntImm,
+    Load,
+    Select,
+    as_expr,
+    f32,
+    vectorized,
+)
 from lowering.lower_graph import (
     Epilogue,
     LoweringContext,
@@ -35,14 +47,65 @@ from lpjit.ops import attention as ops
 NEG_INF = -math.inf
 
 
+# Query rows computed together: independent accumulators hide the add latency and share
+# each load of the keys and values.
+ROW_BLOCK = 4
+
+
+@attrs.frozen(eq=False)
+class _Attention:
+    """What the row blocks of one batch index share."""
+
+    ctx: LoweringContext
+    node: ops.ScaledDotProductAttention
+    epilogue: Epilogue
+    b: lb.KernelBuilder
+    batch: tuple[Expr, ...]
+    keys: Buffer              # k transposed: [E, S]
+    scale: Expr
+
+    def rows(self, first: Expr, count: int) -> None:
+        """Query rows ``first .. first+count-1``: logits, softmax, weighted values."""
+        b, ctx, node = self.b, self.ctx, self.node
+        q, v = node.inputs[ops.QUERY], node.inputs[ops.VALUE]
+        features, source_length = self.keys.shape
+        value_features = v.shape[-1]
+        index = [first + r if r else first for r in range(count)]
+        logits = b.allocate("logits", f32, (count, source_length))
+        with b.for_range(source_length, vectorized(ctx.lanes), "s") as s:
+            dots = [b.local(as_expr(0.0, f32), "dot") for _ in range(count)]
+            with b.for_range(features, SERIAL, "e") as e:
+                key = b.let(self.keys[e, s], "key")
+                for dot, row in zip(dots, index):
+                    b.assign(dot, lb.fma(ctx.load(q, [*self.batch, row, e]), key, dot))
+            for r, (dot, row) in enumerate(zip(dots, index)):
+                b.store(logits, (r, s), _biased(ctx, node, dot * self.scale,
+                                                [*self.batch, row, s]))
+        totals = []
+        for r in range(count):
+            frame = Frame(b, logits, (1,), (IntImm(r), None), ctx.lanes)
+            peak = b.let(frame.reduce("max"), "peak")
+            totals.append(b.let(frame.reduce(
+                "add", lambda x, peak=peak: lb.call("exp", x - splat(peak, x)), keep=logits),
+                "total"))
+        with b.for_range(value_features, vectorized(ctx.lanes), "ev") as ev:
+            accs = [b.local(as_expr(0.0, f32), "acc") for _ in range(count)]
+            with b.for_range(source_length, SERIAL, "s") as s:
+                value = b.let(ctx.load(v, [*self.batch, s, ev]), "value")
+                for r, acc in enumerate(accs):
+                    b.assign(acc, lb.fma(logits[r, s], value, acc))
+            for acc, total, row in zip(accs, totals, index):
+                self.epilogue.store(b, [*self.batch, row, ev], acc / total)
+
+
 @lowering(ops.ScaledDotProductAttention)
 def lower_attention(ctx: LoweringContext, node: ops.ScaledDotProductAttention,
                     epilogue: Epilogue) -> list:
     """The kernel of the module docstring."""
-    q, k, v = (node.inputs[i] for i in (ops.QUERY, ops.KEY, ops.VALUE))
+    q, k = node.inputs[ops.QUERY], node.inputs[ops.KEY]
     out_shape = node.output_types[0].shape
     length, features = q.shape[-2:]
-    source_length, value_features = v.shape[-2], v.shape[-1]
+    source_length = k.shape[-2]
     b = kernel_builder(ctx, node)
     taken = [False]
     with contextlib.ExitStack() as stack:
@@ -53,22 +116,13 @@ def lower_attention(ctx: LoweringContext, node: ops.ScaledDotProductAttention,
                 b.for_range(features, vectorized(ctx.lanes), "e") as e:
             b.store(keys, (e, s), ctx.load(k, [*batch, s, e]))
         scale = b.let(_scale(ctx, node, features), "scale")
-        with b.for_range(length, SERIAL, "l") as row_index:
-            row = b.allocate("logits", f32, (source_length,))
-            with b.for_range(source_length, vectorized(ctx.lanes), "s") as s:
-                dot = b.local(as_expr(0.0, f32), "dot")
-                with b.for_range(features, SERIAL, "e") as e:
-                    b.assign(dot, dot + ctx.load(q, [*batch, row_index, e]) * keys[e, s])
-                b.store(row, (s,), _biased(ctx, node, dot * scale, [*batch, row_index, s]))
-            frame = Frame(b, row, (0,), (None,), ctx.lanes)
-            peak = b.let(frame.reduce("max"), "peak")
-            total = b.let(frame.reduce("add", lambda x: lb.call("exp", x - splat(peak, x)),
-                                       keep=row), "total")
-            with b.for_range(value_features, vectorized(ctx.lanes), "ev") as ev:
-                acc = b.local(as_expr(0.0, f32), "acc")
-                with b.for_range(source_length, SERIAL, "s") as s:
-                    b.assign(acc, acc + row[s] * ctx.load(v, [*batch, s, ev]))
-                epilogue.store(b, [*batch, row_index, ev], acc / total)
+        attention = _Attention(ctx, node, epilogue, b, tuple(batch), keys, scale)
+        blocks, rest = divmod(length, ROW_BLOCK)
+        if blocks:
+            with b.for_range(blocks, SERIAL, "l") as block:
+                attention.rows(block * ROW_BLOCK, ROW_BLOCK)
+        if rest:
+            attention.rows(as_expr(blocks * ROW_BLOCK), rest)
     return [make_kernel(b)]
 
 
