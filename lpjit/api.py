@@ -109,32 +109,17 @@ class MemoryReport:
                 f"arena {self.arena_bytes} B")
 
 
-class CompiledModel:
-    """A model compiled to native code: call it with arrays, get its outputs.
+class ModelInterface:
+    """The calling convention of a model, shared by ``CompiledModel`` and ``LoadedModel``.
 
-    ``compiled(x, y)``, ``compiled(x=..., y=...)`` and ``compiled({"x": ..., "y": ...})`` are
-    equivalent.  Inputs must have the model's shape; their dtype must equal the model's or
-    convert to it without loss (``int16`` -> ``float32`` yes, ``float64`` -> ``float32`` no);
-    non-contiguous arrays are copied.  Anything else raises ``InputError`` naming the input.
+    Subclasses set ``inputs`` and ``outputs`` (``TensorInfo`` tuples, model order) and
+    ``executable`` (``run(arrays) -> list of output arrays``, arrays checked and in input
+    order).
     """
 
-    def __init__(self, compilation: Compilation) -> None:
-        self.compilation = compilation
-        graph, program = compilation.graph, compilation.program
-        self.name = graph.name
-        self.inputs = tuple(TensorInfo(p.origin.name, b.shape, b.dtype.numpy,
-                                       tuple(p.output.names))
-                            for p, b in zip(graph.parameters, program.inputs))
-        self.outputs = tuple(TensorInfo(r.names[0], b.shape, b.dtype.numpy,
-                                        (*r.names[1:], r.origin.name))
-                             for r, b in zip(graph.results, program.outputs))
-        self.threads = compilation.options.threads
-        library = compilation.library
-        self.executable = Executable(
-            library.function_address(compilation.module.entry),
-            [BufferSpec.of(b) for b in program.inputs],
-            [BufferSpec.of(b) for b in program.outputs],
-            compilation.plan.arena_bytes, self.threads, owner=library)
+    inputs: tuple[TensorInfo, ...]
+    outputs: tuple[TensorInfo, ...]
+    executable: Any
 
     # -- calling ---------------------------------------------------------------------------
     def __call__(self, *args: Any, **kwargs: Any) -> Outputs:
@@ -174,6 +159,34 @@ class CompiledModel:
 
     def _expected(self) -> str:
         return ", ".join(info.describe() for info in self.inputs) or "no inputs"
+
+
+class CompiledModel(ModelInterface):
+    """A model compiled to native code: call it with arrays, get its outputs.
+
+    ``compiled(x, y)``, ``compiled(x=..., y=...)`` and ``compiled({"x": ..., "y": ...})`` are
+    equivalent.  Inputs must have the model's shape; their dtype must equal the model's or
+    convert to it without loss (``int16`` -> ``float32`` yes, ``float64`` -> ``float32`` no);
+    non-contiguous arrays are copied.  Anything else raises ``InputError`` naming the input.
+    """
+
+    def __init__(self, compilation: Compilation) -> None:
+        self.compilation = compilation
+        graph, program = compilation.graph, compilation.program
+        self.name = graph.name
+        self.inputs = tuple(TensorInfo(p.origin.name, b.shape, b.dtype.numpy,
+                                       tuple(p.output.names))
+                            for p, b in zip(graph.parameters, program.inputs))
+        self.outputs = tuple(TensorInfo(r.names[0], b.shape, b.dtype.numpy,
+                                        (*r.names[1:], r.origin.name))
+                             for r, b in zip(graph.results, program.outputs))
+        self.threads = compilation.options.threads
+        library = compilation.library
+        self.executable = Executable(
+            library.function_address(compilation.module.entry),
+            [BufferSpec.of(b) for b in program.inputs],
+            [BufferSpec.of(b) for b in program.outputs],
+            compilation.plan.arena_bytes, self.threads, owner=library)
 
     # -- inspection ------------------------------------------------------------------------
     @property
@@ -217,6 +230,14 @@ class CompiledModel:
     def assembly(self) -> str:
         """The machine code of the whole model as assembly text."""
         return self.compilation.library.assembly()
+
+    def __reduce__(self):
+        """Pickle as machine code: the model linked into a shared library (see
+        ``lpjit.library``), which unpickles as a ``LoadedModel`` with the same calling
+        interface, without compiling."""
+        from lpjit.library import reduce_compiled_model
+
+        return reduce_compiled_model(self)
 
     def __repr__(self) -> str:
         ins = ", ".join(info.describe() for info in self.inputs) or "(none)"

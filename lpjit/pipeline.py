@@ -28,7 +28,7 @@ from lpjit.passes.fold_constants import fold_constants
 from lpjit.passes.low_precision import LOW_PRECISION_PIPELINE, verify_step
 from lpjit.passes.report import FloatReason, PrecisionReport, build_precision_report
 from runtime.entry_point import ProgramModule, lower_program_to_llvm
-from runtime.jit import JitEngine, JitLibrary
+from runtime.jit import CodeLibrary, CPUCodegen, JitEngine, JitLibrary
 from runtime.memory import MemoryPlan, plan_memory, print_memory_plan, verify_memory_plan
 
 T = TypeVar("T")
@@ -137,15 +137,18 @@ class Compilation:
     program: Program
     plan: MemoryPlan
     module: ProgramModule
-    library: JitLibrary
+    library: CodeLibrary
     options: CompileOptions
     records: tuple[StepRecord, ...]
     precision: PrecisionReport
 
 
 def compile_graph(graph: Graph, options: CompileOptions = CompileOptions(),
-                  runner: PassRunner | None = None) -> Compilation:
-    """Compile ``graph`` for the host: the whole pipeline (module docstring)."""
+                  runner: PassRunner | None = None,
+                  codegen: CPUCodegen | None = None) -> Compilation:
+    """Compile ``graph`` for the host: the whole pipeline (module docstring).  ``codegen``
+    replaces the host JIT (``lpjit.export`` passes an ``AotCodegen``; ``options.target``
+    must then describe the same CPU)."""
     runner = runner or PassRunner()
     graph, precision = run_low_precision_passes(graph, options, runner)
     for graph_pass in GRAPH_PASSES:
@@ -157,7 +160,7 @@ def compile_graph(graph: Graph, options: CompileOptions = CompileOptions(),
     plan = runner.run("plan_memory", lambda: plan_memory(program),
                       verifier=lambda p: verify_memory_plan(p, program),
                       dumps=(("memory", print_memory_plan),))
-    engine = jit_engine()
+    engine = codegen or jit_engine()
     module = runner.run("lower_program_to_llvm",
                         lambda: lower_program_to_llvm(program, plan, engine.codegen_options()),
                         dumps=(("ll", lambda m: str(m.ir_module)),))

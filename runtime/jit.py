@@ -62,10 +62,12 @@ def initialize_llvm() -> bool:
 
 @attrs.frozen
 class TargetSpec:
-    """A CPU to compile for: LLVM CPU name and feature string (empty = the CPU's defaults)."""
+    """A CPU to compile for: LLVM CPU name, feature string (empty = the CPU's defaults) and
+    target triple (empty = this process's; another architecture only emits object code)."""
 
     cpu: str
     features: str = ""
+    triple: str = ""
 
     @classmethod
     def host(cls) -> TargetSpec:
@@ -90,7 +92,10 @@ class TargetSpec:
 
     def target_machine(self, opt_level: int = 3, jit: bool = False) -> llvm.TargetMachine:
         initialize_llvm()
-        target = llvm.Target.from_triple(llvm.get_process_triple())
+        if self.triple:
+            llvm.initialize_all_targets()
+            llvm.initialize_all_asmprinters()
+        target = llvm.Target.from_triple(self.triple or llvm.get_process_triple())
         # Position-independent code: external data (constants bound by symbol, anywhere in
         # the address space) is reached through the GOT, and a shared object can be linked.
         return target.create_target_machine(cpu=self.cpu, features=self.features, opt=opt_level,
