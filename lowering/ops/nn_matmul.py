@@ -13,8 +13,9 @@ B is read as
   activation (attention's ``Q @ K^T``);
 * directly (``B[..., k, n:n+lanes]``) when ``B`` is an activation that is not transposed.
 
-Loop nest: ``for (batch, panel) PARALLEL: for row tile: FMA tile`` -- a B panel stays in
-the L2 cache while all rows use it.
+Loop nest: ``for (batch, row block, panel) PARALLEL: for row tile of the block: FMA tile``.
+A row block of A (``row_block_bytes``) and a B panel together stay in the L2 cache while the
+block's row tiles use the panel.
 """
 
 from __future__ import annotations
@@ -147,18 +148,22 @@ def lower_matmul(ctx: LoweringContext, node: MatMul, epilogue: Epilogue,
         source = _pack_at_run_time(b, ctx, node, g, cover, schedule.parallel)
     else:
         source = _DirectB(ctx.buffer(node.inputs[1]), g)
-    writer = _GemmWriter(b, g, a, source, epilogue, tile.rows)
-    batch_count = math.prod(g.batch)
+    tiles = -(-g.rows // tile.rows)
+    per_block = max(1, min(tiles, schedule.row_block_bytes // (4 * g.depth * tile.rows)))
+    writer = _GemmWriter(b, g, a, source, epilogue, tile.rows, per_block)
+    blocks = -(-tiles // per_block)
     if cover.full_tiles:
-        count = batch_count * cover.full_tiles
+        extents = (*g.batch, blocks, cover.full_tiles)
+        count = math.prod(extents)
         with b.for_range(count, kind=loop_kind(schedule.parallel, count), name="bp") as t:
-            batch = unravel(t // cover.full_tiles if cover.full_tiles > 1 else t, g.batch)
-            panel = t % cover.full_tiles if cover.full_tiles > 1 else 0
-            writer.panel(batch, panel, cover.full_tile(panel))
+            *batch, block, panel = unravel(t, extents)
+            writer.panel(batch, block, panel, cover.full_tile(panel))
     if cover.remainder_count:
-        with b.for_range(batch_count, kind=loop_kind(schedule.parallel, batch_count),
-                         name="bt") as t:
-            writer.panel(unravel(t, g.batch), cover.full_tiles, cover.remainder_tile())
+        extents = (*g.batch, blocks)
+        count = math.prod(extents)
+        with b.for_range(count, kind=loop_kind(schedule.parallel, count), name="bt") as t:
+            *batch, block = unravel(t, extents)
+            writer.panel(batch, block, cover.full_tiles, cover.remainder_tile())
     return make_kernel(b)
 
 
@@ -225,13 +230,24 @@ class _GemmWriter:
     source: _PackedB | _DirectB
     epilogue: Epilogue
     tile_rows: int
+    per_block: int
 
-    def panel(self, batch: Sequence[Index], panel: Index, columns: TileColumns) -> None:
-        """All row tiles of one panel; the last tile is shifted back to end at M."""
+    def panel(self, batch: Sequence[Index], block: Index, panel: Index,
+              columns: TileColumns) -> None:
+        """The row tiles of row block ``block`` in one panel; the last tile of the matrix is
+        shifted back to end at M."""
         rows, extent = self.tile_rows, self.g.rows
-        with self.b.for_range(-(-extent // rows), name="mt") as mt:
-            first = block_first(mt, rows, extent)
-            self.tile(batch, panel, first, rows, columns)
+        tiles = -(-extent // rows)
+        with self.b.for_range(self.per_block, name="mt") as mt:
+            index = add(mul(block, self.per_block), mt)
+            if tiles % self.per_block:
+                # The last block is short: skip the missing tiles (the clamp only tells the
+                # verifier so; it changes no index that runs).
+                with self.b.if_(lb.lt(index, tiles)):
+                    index = lb.min_(index, tiles - 1)
+                    self.tile(batch, panel, block_first(index, rows, extent), rows, columns)
+            else:
+                self.tile(batch, panel, block_first(index, rows, extent), rows, columns)
 
     def tile(self, batch: Sequence[Index], panel: Index, first: Index, rows: int,
              columns: TileColumns) -> None:

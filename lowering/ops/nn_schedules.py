@@ -11,7 +11,9 @@ by itself.  ``default_*_schedule`` choose one per op and per ``Target``:
 * conv ``unroll_kernel_width``: the innermost kernel-width taps are emitted straight-line
   (they are always static; this only bounds code size for very wide kernels);
 * matmul ``pack_constant_b``: a constant ``B`` is repacked at compile time into panels of
-  ``vectors * lanes`` columns (``[panel][K][vectors * lanes]``) read with aligned dense loads.
+  ``vectors * lanes`` columns (``[panel][K][vectors * lanes]``) read with aligned dense loads;
+  ``row_block_bytes``: rows of A are processed in blocks of about this many bytes, so that a
+  block of A and one B panel stay in the L2 cache together.
 """
 
 from __future__ import annotations
@@ -68,6 +70,7 @@ class MatMulSchedule:
     tile: RegisterTile
     parallel: bool = True
     pack_constant_b: bool = True
+    row_block_bytes: int = 128 * 1024
 
 
 def registers(target: Target) -> int:
