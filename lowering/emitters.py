@@ -29,6 +29,7 @@ from lowering.loop_ir import (
     i1,
     i32,
     i64,
+    u8,
     value_type,
 )
 from lpjit.errors import LoweringError
@@ -36,6 +37,7 @@ from lpjit.graph import Node, Shape
 from lpjit.ops import activations as act
 from lpjit.ops import core
 from lpjit.ops import elementwise as ew
+from lpjit.ops import lowp
 from lpjit.ops.quantize import FakeQuantize
 
 Emitter = Callable[[Node, Sequence[Expr]], Expr]
@@ -390,6 +392,40 @@ def _fake_quantize(node: FakeQuantize, args: Sequence[Expr]) -> Expr:
                   ol)
     y = Select(lb.gt(x, _fmax(il, ih)), oh, y)
     return Select(lb.le(x, _fmin(il, ih)), ol, y)
+
+
+@emitter(lowp.Quantize)
+def _quantize(node: lowp.Quantize, args: Sequence[Expr]) -> Expr:
+    """The FakeQuantize level index as u8, in the reference's f32 order
+    (``lpjit.reference.lowp.level_index``):
+
+    1. ``t = (x - il) / (ih - il) * (L-1)``; 2. ``q = round_half_even(t)``;
+    3. ``x > max(il, ih)`` -> ``L-1``; 4. ``x <= min(il, ih)`` -> 0 (wins over 3);
+    5. clip to ``[0, L-1]`` (``max`` first: NaN, which fails every comparison, becomes 0);
+       the integral value converts exactly.
+    """
+    x, il, ih = args
+    steps = imm(float(node.levels - 1), x)
+    t = lb.binary("mul", lb.binary("div", lb.binary("sub", x, il), lb.binary("sub", ih, il)),
+                  steps)
+    q = Select(lb.gt(x, _fmax(il, ih)), steps, lb.call("round_half_even", t))
+    q = Select(lb.le(x, _fmin(il, ih)), imm(0.0, x), q)
+    q = lb.min_(lb.max_(q, imm(0.0, x)), steps)
+    return Cast(q, u8, "trunc")
+
+
+@emitter(lowp.Dequantize)
+def _dequantize(node: lowp.Dequantize, args: Sequence[Expr]) -> Expr:
+    """The float value of level index ``q`` (``lpjit.reference.lowp.dequantize``):
+    1. ``y = f32(q) / (L-1) * (oh - ol) + ol``; 2. ``q == L-1`` -> ``oh``; ``q == 0`` ->
+    ``ol``."""
+    q, ol, oh = args
+    value = Cast(q, ol.type.elem, "exact")
+    steps = imm(float(node.levels - 1), value)
+    y = lb.binary("add", lb.binary("mul", lb.binary("div", value, steps),
+                                   lb.binary("sub", oh, ol)), ol)
+    y = Select(lb.eq(q, imm(node.levels - 1, q)), oh, y)
+    return Select(lb.eq(q, imm(0, q)), ol, y)
 
 
 def _fmax(a: Expr, b: Expr) -> Expr:

@@ -1,0 +1,515 @@
+"""Integer convolution kernels (``QConvolution``): u8 level indices x i8 weights, exact in i32.
+
+One kernel per layer, two loop nests.
+
+1. **Blocked copy** of the u8 input (NCHW, as the graph stores it) into a zero-padded,
+   phase-split, channel-interleaved scratch ``P[N, G, CB, padded outer dims..., s_w, Wq * g]``:
+   ``g`` consecutive input channels (the dot step's group: 4 for ``vpdpbusd``, 2 for
+   ``vpmaddwd``) sit next to each other, so one dense load of ``g * lanes`` bytes holds the
+   ``g`` channels of ``lanes`` output pixels -- the group-interleaved operand the
+   microkernels take.  Channels are padded to ``CB * g`` with zeros; padding is level 0
+   (it adds nothing to the sum; the zero point is compensated exactly below).  Phase split as
+   in ``nn_conv``: ``P[..., ph, j*g + t] = padded_input[..., c + t, j * s_w + ph]``, so every
+   stride and dilation reads dense vectors.
+2. **Direct convolution**, per output row (batch and all spatial dims but the last)::
+
+     for row in N x out[:-1]                                       PARALLEL
+       for group, for block of `rows` output channels (last block shifted back)
+         for tile of `vectors` x `lanes` pixels along the width
+           integer tile (lowp_tiles): reduce over channel groups x kernel taps
+             acc[r][v] = step(acc[r][v], P[n, grp, cb, rows.., phase, pixels],
+                              W[grp, block, cb, k..., r, 0:g] on every lane)
+
+   weights packed at compile time as ``[G, blocks, CB, k..., rows, g]`` (i8).
+
+The epilogue computes the design's f32 formula (``lpjit.reference.lowp``), in its order::
+
+    y = (f32(acc) * step[oc] + f32(wsum_valid) * low[oc]) * weight_scale[oc]
+
+``wsum_valid`` -- the sum of the weights over the taps inside the input -- depends on the
+output position only through its *border class*: the set of valid taps along each spatial
+dim.  The products ``f32(wsum_valid) * low`` are tabulated at compile time (rounded exactly as
+the reference rounds them) per (outer class, output channel, width class): the outer class
+of a row comes from a small table, the width class of each lane from a select chain over the
+few border columns.  So borders are exact for any ``low``.  The result goes through the
+group's epilogue (bias, ReLU, the next Quantize: requantization writes u8 directly).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Sequence
+
+import attrs
+import numpy as np
+
+from lowering import builder as lb
+from lowering.loop_ir import (
+    SERIAL,
+    Buffer,
+    Cast,
+    Expr,
+    Kernel,
+    Load,
+    ReduceLanes,
+    Select,
+    as_expr,
+    f32,
+    u8,
+    vectorized,
+)
+from lowering.lower_graph import Epilogue, LoweringContext, kernel_builder, make_kernel
+from lowering.ops.lowp_tiles import DotStep, emit_dot_tile
+from lowering.ops.nn_conv import ConvGeometry, block_starts
+from lowering.ops.nn_schedules import RegisterTile
+from lowering.ops.nn_tiles import (
+    Reduction,
+    TileColumns,
+    add,
+    block_first,
+    cover_axis,
+    loop_kind,
+    mul,
+    unravel,
+    vector_index,
+)
+from lpjit.graph import Node
+
+Index = Expr | int
+
+
+def q_conv_geometry(node: Node) -> ConvGeometry:
+    """The geometry of a QConvolution (weights ``[G, OC/G, IC/G, k...]``)."""
+    data, out = node.input_type(0).shape, node.output_types[0].shape
+    weights = node.input_type(1).shape
+    return ConvGeometry(data[0], data[1], out[1], weights[0], tuple(data[2:]), tuple(out[2:]),
+                        tuple(weights[3:]), tuple(node.strides), tuple(node.dilations),
+                        tuple(node.pads_begin), tuple(node.pads_end))
+
+
+# -- border classes and the zero-point table -----------------------------------------------------
+
+def valid_taps(g: ConvGeometry, dim: int, out: int) -> tuple[int, ...]:
+    """Kernel taps of spatial dim ``dim`` that read inside the input at output index ``out``."""
+    first = out * g.strides[dim] - g.pads_begin[dim]
+    return tuple(k for k in range(g.kernel[dim])
+                 if 0 <= first + k * g.dilations[dim] < g.in_spatial[dim])
+
+
+def dim_classes(g: ConvGeometry, dim: int) -> tuple[list[tuple[int, ...]], list[int]]:
+    """The distinct valid-tap sets of ``dim`` and the class of each output index."""
+    sets = [valid_taps(g, dim, o) for o in range(g.out_spatial[dim])]
+    unique = list(dict.fromkeys(sets))
+    return unique, [unique.index(s) for s in sets]
+
+
+@attrs.frozen
+class BorderClasses:
+    """Output positions grouped by their valid taps.
+
+    ``outer``: the tap sets (one per outer spatial dim) of each outer class;
+    ``outer_of``: the class of each outer position (row-major over ``out[:-1]``);
+    ``width``: the tap sets of the width classes; ``width_of``: the class of each column.
+    """
+
+    outer: tuple[tuple[tuple[int, ...], ...], ...]
+    outer_of: np.ndarray
+    width: tuple[tuple[int, ...], ...]
+    width_of: tuple[int, ...]
+
+    @classmethod
+    def of(cls, g: ConvGeometry) -> BorderClasses:
+        per_dim = [dim_classes(g, d) for d in range(g.spatial_rank)]
+        *outer_dims, (width, width_of) = per_dim
+        keys = [tuple(ids) for ids in itertools.product(*(c[1] for c in outer_dims))]
+        unique = list(dict.fromkeys(keys))
+        outer = tuple(tuple(outer_dims[d][0][k] for d, k in enumerate(key)) for key in unique)
+        outer_of = np.array([unique.index(k) for k in keys], np.int64)
+        return cls(outer, outer_of, tuple(width), tuple(width_of))
+
+    @property
+    def common_width_class(self) -> int:
+        """The width class of most columns (the interior, unless the image is tiny)."""
+        return max(range(len(self.width)), key=self.width_of.count)
+
+    def border_columns(self) -> list[tuple[int, int]]:
+        """``(column, class)`` of every column outside the common class."""
+        common = self.common_width_class
+        return [(j, c) for j, c in enumerate(self.width_of) if c != common]
+
+
+def zero_point_table(weights: np.ndarray, low: np.ndarray, classes: BorderClasses
+                     ) -> np.ndarray:
+    """``T[outer class, oc, width class] = f32(wsum_valid) * low[oc]`` in f32 (one rounding,
+    as the reference), with ``wsum_valid`` the exact weight sum over the class's taps.
+    ``weights`` is ``[G, OCg, ICg, k...]``; ``low`` per output channel."""
+    taps = weights.astype(np.int64).sum(axis=2)
+    taps = taps.reshape(-1, *taps.shape[2:])                        # [OC, k...]
+    table = np.zeros((len(classes.outer), taps.shape[0], len(classes.width)), np.float32)
+    for i, outer in enumerate(classes.outer):
+        for j, width in enumerate(classes.width):
+            window = taps[np.ix_(range(taps.shape[0]), *outer, width)]
+            wsum = window.reshape(taps.shape[0], -1).sum(axis=1)
+            table[i, :, j] = wsum.astype(np.float32) * low
+    return table
+
+
+def per_output_channel(values: np.ndarray, g: ConvGeometry) -> np.ndarray:
+    """A ``[1]`` or ``[C]`` (per input channel, IC/G == 1) f32 vector as ``[OC]``."""
+    values = np.asarray(values, np.float32).reshape(-1)
+    if values.size == 1:
+        return np.repeat(values, g.out_channels)
+    return np.repeat(values, g.group_out)          # output channel grp*OCg + o reads grp
+
+
+# -- weights -------------------------------------------------------------------------------------
+
+def padded_channels(weights: np.ndarray, group: int) -> np.ndarray:
+    """``[G, OCg, ICg, k...]`` with ICg zero-padded to a multiple of ``group``."""
+    blocks = -(-weights.shape[2] // group)
+    pad = [(0, 0)] * weights.ndim
+    pad[2] = (0, blocks * group - weights.shape[2])
+    return np.pad(weights, pad)
+
+
+def pack_q_conv_weights(weights: np.ndarray, rows: int, group: int) -> np.ndarray:
+    """``[G, OCg, ICg, k...]`` -> ``[G, blocks, CB, k..., rows, group]`` (i8), block ``b``
+    holding the output channels ``block_starts(OCg, rows)[b] + r``."""
+    padded = padded_channels(weights, group)
+    spatial = padded.shape[3:]
+    grouped = padded.reshape(*padded.shape[:2], -1, group, *spatial)   # [G, OCg, CB, g, k..]
+    starts = block_starts(weights.shape[1], rows)
+    packed = np.stack([grouped[:, s:s + rows] for s in starts], axis=1)
+    # [G, blocks, rows, CB, g, k...] -> [G, blocks, CB, k..., rows, g]
+    n = len(spatial)
+    order = (0, 1, 3, *range(5, 5 + n), 2, 4)
+    return np.ascontiguousarray(packed.transpose(order)).astype(np.int8)
+
+
+def conv_weight_pairs(weights: np.ndarray, group: int) -> np.ndarray:
+    """The weight pairs a quad step multiplies, ``[OC, pairs, 2]``: adjacent input channels
+    (padded to ``group``) at each tap."""
+    padded = padded_channels(weights, group)
+    channels_last = np.moveaxis(padded, 2, -1)                     # [G, OCg, k..., ICp]
+    out = weights.shape[0] * weights.shape[1]
+    return channels_last.reshape(out, -1, 2)
+
+
+# -- the blocked copy ----------------------------------------------------------------------------
+
+@attrs.frozen
+class BlockedInput:
+    """The blocked, padded, phase-split copy ``P`` and how tiles read it."""
+
+    buffer: Buffer
+    group: int
+    stride_w: int
+    dilation_w: int
+
+    def vector(self, prefix: Sequence[Index], rows: Sequence[Index], start: Index, kw: Index,
+               lanes: int) -> Load:
+        """The ``group`` channels of output pixels ``start .. start+lanes-1`` at tap ``kw``."""
+        s, d = self.stride_w, self.dilation_w
+        phase, offset = (kw * d) % s, (kw * d) // s
+        column = add(start, offset)
+        return Load(self.buffer, (*prefix, *rows, phase,
+                                  vector_index(mul(column, self.group), self.group * lanes)))
+
+
+def blocked_width(g: ConvGeometry) -> int:
+    """Columns ``Wq`` of each phase of ``P``: the phase-split padded width, or more when the
+    tile reads past it (a one-column output computed on two lanes)."""
+    padded = g.in_spatial[-1] + g.pads_begin[-1] + g.pads_end[-1]
+    columns = -(-padded // g.strides[-1])
+    reach = max(g.out_spatial[-1], 2) + (g.kernel[-1] - 1) * g.dilations[-1] // g.strides[-1]
+    return max(columns, reach)
+
+
+def blocked_buffer(ctx: LoweringContext, node: Node, g: ConvGeometry, group: int) -> Buffer:
+    """The scratch buffer ``P`` of the blocked copy (see the module docstring)."""
+    outer = [i + b + e for i, b, e in
+             zip(g.in_spatial[:-1], g.pads_begin[:-1], g.pads_end[:-1])]
+    blocks = -(-g.group_in // group)
+    shape = (g.batch, g.groups, blocks, *outer, g.strides[-1], blocked_width(g) * group)
+    return Buffer(ctx.name(node.origin.name + "_blocked"), u8, shape, role="scratch",
+                  alignment=64)
+
+
+def _interleave(parts: list[Expr], lanes: int) -> Expr:
+    """Lane ``j * len(parts) + t`` = lane ``j`` of ``parts[t]`` (2 or 4 parts, by pairs)."""
+    def zip2(a: Expr, b: Expr, width: int, unit: int) -> Expr:
+        indices = []
+        for j in range(width // unit):
+            indices += [j * unit + u for u in range(unit)]
+            indices += [width + j * unit + u for u in range(unit)]
+        return lb.shuffle((a, b), indices)
+
+    if len(parts) == 1:
+        return parts[0]
+    if len(parts) == 2:
+        return zip2(parts[0], parts[1], lanes, 1)
+    low, high = zip2(parts[0], parts[1], lanes, 1), zip2(parts[2], parts[3], lanes, 1)
+    return zip2(low, high, 2 * lanes, 2)
+
+
+@attrs.frozen
+class _BlockedCopy:
+    """Emits the blocked copy of one (n, group, channel block)."""
+
+    b: lb.KernelBuilder
+    g: ConvGeometry
+    x: Buffer
+    p: Buffer
+    group: int
+    lanes: int          # pixels per vector copy step
+    zero_lanes: int     # bytes per vector zero-fill step
+
+    def channel(self, grp: Index, cb: Index, t: int) -> tuple[Index | None, Expr | None]:
+        """Input channel of element ``t`` of block ``cb`` and its validity: ``(channel,
+        None)`` when always valid, ``(None, None)`` when never, else the channel clamped into
+        range and the run-time condition."""
+        channels = self.g.group_in
+        c = add(mul(cb, self.group), t)
+        base = mul(grp, channels)
+        if isinstance(c, int):
+            return (add(base, c), None) if c < channels else (None, None)
+        if channels % self.group == 0:
+            return add(base, c), None
+        return add(base, lb.min_(c, channels - 1)), lb.lt(c, channels)
+
+    def dims(self, prefix: tuple[Index, Index, Index], dim: int = 0,
+             x_rows: tuple[Index, ...] = (), p_rows: tuple[Index, ...] = ()) -> None:
+        g, b = self.g, self.b
+        if dim == g.spatial_rank - 1:
+            self.row(prefix, x_rows, p_rows)
+            return
+        low, size, high = g.pads_begin[dim], g.in_spatial[dim], g.pads_end[dim]
+        for start, count in ((0, low), (low + size, high)):
+            if count:
+                with b.for_range(count, name="pad") as h:
+                    self.zero(prefix, (*p_rows, h + start), 0, None)
+        with b.for_range(size, name="h") as h:
+            self.dims(prefix, dim + 1, (*x_rows, h), (*p_rows, h + low))
+
+    def zero(self, prefix: Sequence[Index], p_rows: Sequence[Index], start: int,
+             stop: int | None, phase: Index | None = None) -> None:
+        """Zero ``P[prefix, rows, phase, start:stop]`` (all phases when ``phase`` is None)."""
+        b = self.b
+        stop = self.p.shape[-1] if stop is None else stop
+        if stop <= start:
+            return
+        if phase is None:
+            with b.for_range(self.p.shape[-2], name="ph") as ph:
+                self.zero(prefix, p_rows, start, stop, ph)
+            return
+        kind = vectorized(self.zero_lanes) if stop - start >= self.zero_lanes else SERIAL
+        with b.for_range(stop - start, kind=kind, name="z") as z:
+            b.store(self.p, (*prefix, *p_rows, phase, z + start), as_expr(0, u8))
+
+    def row(self, prefix: tuple[Index, Index, Index], x_rows: Sequence[Index],
+            p_rows: Sequence[Index]) -> None:
+        """One padded row: per phase, zeros, the interleaved input columns, zeros."""
+        g, group = self.g, self.group
+        stride, low, width = g.strides[-1], g.pads_begin[-1], g.in_spatial[-1]
+        columns = self.p.shape[-1] // group
+        for phase in range(stride):
+            first = min(columns, max(0, -((phase - low) // stride)))
+            stop = min(columns, max(first, (width - 1 + low - phase) // stride + 1))
+            self.zero(prefix, p_rows, 0, first * group, phase)
+            self.columns(prefix, x_rows, p_rows, phase, first, stop)
+            self.zero(prefix, p_rows, stop * group, None, phase)
+
+    def columns(self, prefix: tuple[Index, Index, Index], x_rows: Sequence[Index],
+                p_rows: Sequence[Index], phase: int, first: int, stop: int) -> None:
+        count, lanes = stop - first, self.lanes
+        if count <= 0:
+            return
+        if count < lanes:
+            with self.b.for_range(count, name="j") as j:
+                self.step(prefix, x_rows, p_rows, phase, j + first, 1)
+            return
+        with self.b.for_range(count // lanes, name="jv") as jv:
+            self.step(prefix, x_rows, p_rows, phase, jv * lanes + first, lanes)
+        if count % lanes:
+            self.step(prefix, x_rows, p_rows, phase, stop - lanes, lanes)
+
+    def step(self, prefix: tuple[Index, Index, Index], x_rows: Sequence[Index],
+             p_rows: Sequence[Index], phase: int, j: Expr, lanes: int) -> None:
+        """Columns ``j .. j+lanes-1`` of one phase: ``group`` channel loads, interleaved."""
+        g, group = self.g, self.group
+        n, grp, cb = prefix
+        stride = g.strides[-1]
+        column = j * stride + (phase - g.pads_begin[-1])
+        index = column if lanes == 1 else lb.ramp(column, lanes, stride)
+        parts = []
+        for t in range(group):
+            channel, valid = self.channel(grp, cb, t)
+            value: Expr = lb.broadcast(0, lanes, u8)
+            if channel is not None:
+                value = Load(self.x, (n, channel, *x_rows, index))
+                if valid is not None:
+                    value = Select(valid, value, lb.broadcast(0, lanes, u8))
+            parts.append(value)
+        if lanes == 1:
+            for t, value in enumerate(parts):
+                self.b.store(self.p, (*prefix, *p_rows, phase, j * group + t), value)
+            return
+        self.b.store(self.p, (*prefix, *p_rows, phase, lb.ramp(j * group, group * lanes)),
+                     _interleave(parts, lanes))
+
+
+def emit_blocked_copy(b: lb.KernelBuilder, ctx: LoweringContext, g: ConvGeometry, x: Buffer,
+                      p: Buffer, group: int, parallel: bool) -> BlockedInput:
+    """Fill ``p`` from ``x`` (see the module docstring); returns how tiles read it."""
+    blocks = p.shape[2]
+    count = g.batch * g.groups * blocks
+    byte_lanes = 4 * ctx.lanes
+    copier = _BlockedCopy(b, g, x, p, group, max(2, byte_lanes // group), byte_lanes)
+    with b.for_range(count, kind=loop_kind(parallel, count), name="ncb") as t:
+        n, grp, cb = unravel(t, (g.batch, g.groups, blocks))
+        copier.dims((n, grp, cb))
+    return BlockedInput(p, group, g.strides[-1], g.dilations[-1])
+
+
+# -- the convolution -----------------------------------------------------------------------------
+
+@attrs.frozen
+class EpilogueTables:
+    """Compile-time f32 constants of the output formula, per output channel (and class)."""
+
+    step: Buffer            # [OC]
+    scale: Buffer           # [OC]
+    zero_point: Buffer      # [outer classes, OC, width classes]: f32(wsum_valid) * low
+    outer_class: Buffer     # [prod(out[:-1])] i64
+    classes: BorderClasses
+
+
+def epilogue_tables(ctx: LoweringContext, node: Node, g: ConvGeometry, weights: np.ndarray,
+                    scale: np.ndarray, step: np.ndarray, low: np.ndarray) -> EpilogueTables:
+    classes = BorderClasses.of(g)
+    name = node.origin.name
+    low = per_output_channel(low, g)
+    return EpilogueTables(
+        ctx.constant(name + "_step", per_output_channel(step, g)),
+        ctx.constant(name + "_scale", np.asarray(scale, np.float32)),
+        ctx.constant(name + "_zero_point", zero_point_table(weights, low, classes)),
+        ctx.constant(name + "_outer_class", classes.outer_of),
+        classes)
+
+
+def output_value(b: lb.KernelBuilder, tables: EpilogueTables, acc: Expr, channel: Index,
+                 outer_class: Expr, start: Index, lanes: int) -> Expr:
+    """``(f32(acc) * step + f32(wsum_valid) * low) * scale`` for ``lanes`` output pixels of
+    one channel starting at column ``start`` (see the module docstring)."""
+    def per_channel(buffer: Buffer, *index: Index) -> Expr:
+        return lb.broadcast(Load(buffer, index), lanes, f32)
+
+    classes = tables.classes
+    zero_point = per_channel(tables.zero_point, outer_class, channel,
+                             classes.common_width_class)
+    borders = classes.border_columns()
+    if borders:
+        columns = lb.ramp(start, lanes) if lanes > 1 else lb.as_expr(start)
+        for column, width_class in borders:
+            here = lb.eq(columns, lb.broadcast(column, lanes))
+            zero_point = Select(here, per_channel(tables.zero_point, outer_class, channel,
+                                                  width_class), zero_point)
+    value = Cast(acc, f32, "nearest") * per_channel(tables.step, channel) + zero_point
+    return value * per_channel(tables.scale, channel)
+
+
+def first_lane(value: Expr) -> Expr:
+    """Lane 0 of a vector, exactly (``min`` of the lane with itself keeps NaN and -0.0)."""
+    return ReduceLanes("min", lb.shuffle(value, [0, 0]))
+
+
+def lower_q_conv(ctx: LoweringContext, node: Node, epilogue: Epilogue, g: ConvGeometry,
+                 weights: np.ndarray, tables: EpilogueTables, step: DotStep,
+                 tile: RegisterTile, parallel: bool) -> Kernel:
+    """The integer direct convolution kernel (see the module docstring)."""
+    packed = ctx.constant(node.origin.name + "_weights",
+                          pack_q_conv_weights(weights, tile.rows, step.group))
+    b = kernel_builder(ctx, node)
+    p = blocked_buffer(ctx, node, g, step.group)
+    source = emit_blocked_copy(b, ctx, g, ctx.buffer(node.inputs[0]), p, step.group, parallel)
+    outer_extents = g.out_spatial[:-1]
+    rows_per_image = math.prod(outer_extents)
+    count = g.batch * rows_per_image
+    writer = _QConvWriter(b, g, source, packed, tables, epilogue, step, tile.rows)
+    with b.for_range(count, kind=loop_kind(parallel, count), name="row") as t:
+        n, *outer = unravel(t, (g.batch, *outer_extents))
+        flat = 0 if rows_per_image == 1 else t if g.batch == 1 else t % rows_per_image
+        last = len(tables.classes.outer) - 1
+        outer_class = b.let(lb.min_(lb.max_(Load(tables.outer_class, (flat,)), 0), last), "oc")
+        groups = b.for_range(g.groups, name="grp") if g.groups > 1 else None
+        group = groups.__enter__() if groups is not None else 0
+        with b.for_range(len(block_starts(g.group_out, tile.rows)), name="ob") as block:
+            writer.row(n, outer, outer_class, group, block, tile.vectors, tile.lanes)
+        if groups is not None:
+            groups.__exit__(None, None, None)
+    return make_kernel(b)
+
+
+@attrs.frozen
+class _QConvWriter:
+    """Emits the tiles of one output row of the integer convolution."""
+
+    b: lb.KernelBuilder
+    g: ConvGeometry
+    source: BlockedInput
+    weights: Buffer
+    tables: EpilogueTables
+    epilogue: Epilogue
+    step: DotStep
+    block_rows: int
+
+    def row(self, n: Index, outer: Sequence[Index], outer_class: Expr, group: Index,
+            block: Expr, vectors: int, lanes: int) -> None:
+        width = self.g.out_spatial[-1]
+        if width == 1:          # one pixel, computed on two lanes (the copy is wide enough)
+            self.tile(n, outer, outer_class, group, block, TileColumns(0, 1, 2), 1)
+            return
+        cover = cover_axis(width, lanes, vectors)
+        if cover.full_tiles:
+            with self.b.for_range(cover.full_tiles, name="wt") as wt:
+                self.tile(n, outer, outer_class, group, block, cover.full_tile(wt), lanes)
+        if cover.remainder_count:
+            tile = cover.remainder_tile()
+            self.tile(n, outer, outer_class, group, block, tile, tile.lanes)
+
+    def tile(self, n: Index, outer: Sequence[Index], outer_class: Expr, group: Index,
+             block: Expr, columns: TileColumns, stored: int) -> None:
+        g, lanes, grouping = self.g, columns.lanes, self.step.group
+        inner = len(g.kernel) - 1
+        reduction = [Reduction(self.source.buffer.shape[2], name="cb")]
+        reduction += [Reduction(k, name="kh") for k in g.kernel[:-1]]
+
+        def weights(r: Expr, ks: Sequence[Expr], tap: Expr) -> Expr:
+            last = 0 if grouping == 1 else lb.ramp(0, grouping)
+            return Load(self.weights, (group, block, *ks, tap, r, last))
+
+        def activations(v: Expr, ks: Sequence[Expr], tap: Expr) -> Expr:
+            rows = [add(mul(o, s), mul(k, d)) for o, k, s, d in
+                    zip(outer, ks[1:1 + inner], g.strides, g.dilations)]
+            return self.source.vector((n, group, ks[0]), rows, columns.start(v), tap, lanes)
+
+        def store(r: Expr, v: Expr, acc: Expr) -> None:
+            first = block_first(block, self.block_rows, g.group_out)
+            channel = add(add(mul(group, g.group_out), first), r)
+            start = columns.start(v)
+            value = self.b.let(output_value(self.b, self.tables, acc, channel, outer_class,
+                                            start, lanes), "y")
+            if stored == lanes:
+                index = (n, channel, *outer, vector_index(start, lanes))
+                self.epilogue.store(self.b, index, value)
+            else:
+                self.epilogue.store(self.b, (n, channel, *outer, start), first_lane(value))
+
+        emit_dot_tile(self.b, self.step, self.block_rows, columns.count, lanes, reduction,
+                      g.kernel[-1], weights, activations, store, broadcast_is_activation=False)
+
+
+__all__ = ["BorderClasses", "EpilogueTables", "conv_weight_pairs", "emit_blocked_copy",
+           "epilogue_tables", "lower_q_conv", "pack_q_conv_weights", "q_conv_geometry",
+           "zero_point_table"]
