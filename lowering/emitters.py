@@ -35,9 +35,8 @@ from lowering.loop_ir import (
 from lpjit.errors import LoweringError
 from lpjit.graph import Node, Shape
 from lpjit.ops import activations as act
-from lpjit.ops import core
+from lpjit.ops import core, lowp
 from lpjit.ops import elementwise as ew
-from lpjit.ops import lowp
 from lpjit.ops.quantize import FakeQuantize
 
 Emitter = Callable[[Node, Sequence[Expr]], Expr]
