@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 
+import attrs
 import numpy as np
 import openvino as ov
 import oracle
@@ -236,6 +237,16 @@ MATMULS = {
 @pytest.mark.parametrize("case", MATMULS)
 def test_matmul(tmp_path, case):
     check(matmul_model(*MATMULS[case]), tmp_path)
+
+
+def test_matmul_in_row_blocks(tmp_path, monkeypatch):
+    """Rows of A in blocks of 4 tiles (a short last block is skipped tile by tile)."""
+    from lowering.ops import nn_matmul
+
+    default = nn_matmul.default_matmul_schedule
+    monkeypatch.setattr(nn_matmul, "default_matmul_schedule",
+                        lambda *a: attrs.evolve(default(*a), row_block_bytes=4 * 20 * 6 * 4))
+    check(matmul_model((2, 37, 20), (20, 37)), tmp_path)
 
 
 def test_matmul_with_fused_bias_and_relu_on_avx2(tmp_path):
