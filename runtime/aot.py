@@ -264,7 +264,7 @@ def link_shared_library(obj: ObjectCode, interface: LibraryInterface, output: Pa
                    "-Wl,-z,relro", "-Wl,-z,now", "-static-libgcc", "-Wl,--as-needed", "-lm"]
         if obj.openmp:
             command.append("-lgomp")
-        result = subprocess.run(command, cwd=tmp, capture_output=True, text=True)
+        result = subprocess.run(command, cwd=tmp, capture_output=True, text=True, check=False)
         if result.returncode != 0:
             raise ExportError(f"linking {output.name} failed ({' '.join(command)}):\n"
                               f"{result.stderr.strip()}")
@@ -276,7 +276,8 @@ def needed_libraries(library: Path) -> tuple[str, ...]:
     readelf = shutil.which("readelf")
     if readelf is None:
         return ()
-    result = subprocess.run([readelf, "-d", str(library)], capture_output=True, text=True)
+    result = subprocess.run([readelf, "-d", str(library)], capture_output=True, text=True,
+                            check=True)
     needed = []
     for line in result.stdout.splitlines():
         if "(NEEDED)" in line and "[" in line:

@@ -43,12 +43,12 @@ DTYPES_BY_CODE: dict[int, np.dtype] = {code: np.dtype(name)
 # lpjit_status codes (stable: part of the C ABI).
 STATUS_CODES: dict[str, tuple[int, str]] = {
     "LPJIT_OK": (0, "success"),
-    "LPJIT_ERROR_INVALID_ARGUMENT": (1, "invalid argument (a NULL pointer or a negative "
-                                        "thread count)"),
+    "LPJIT_ERROR_INVALID_ARGUMENT": (1, ("invalid argument (a NULL pointer or a negative "
+                                         "thread count)")),
     "LPJIT_ERROR_INDEX": (2, "input or output index out of range"),
     "LPJIT_ERROR_OUT_OF_MEMORY": (3, "out of memory"),
-    "LPJIT_ERROR_CPU_FEATURES": (4, "this CPU lacks an instruction set extension the library "
-                                    "was compiled for (see check_cpu)"),
+    "LPJIT_ERROR_CPU_FEATURES": (4, ("this CPU lacks an instruction set extension the "
+                                     "library was compiled for (see check_cpu)")),
 }
 
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
