@@ -63,8 +63,6 @@ from lpjit.ops import shape as sh
 from lpjit.ops import slicing as sl
 
 Strides = tuple[int, ...]
-# (builder, output indices, value) -> store it (through the epilogue or into a buffer).
-Sink = Callable[[lb.KernelBuilder, Sequence[Expr], Expr], None]
 
 # Ops whose lowerings index every input through its Buffer strides (see rule 2).
 STRIDED_READERS: set[type[Node]] = set()
@@ -154,8 +152,7 @@ def _publish(ctx: LoweringContext, node: Node, value: Value, view: Buffer) -> li
     if _accepts(ctx, value, view):
         ctx.bind(value, view)
         return []
-    target = ctx.new_buffer(value)
-    return [_copy_kernel(ctx, node, view, target.view(ctx.name(node.origin.name), view.shape))]
+    return [_copy_kernel(ctx, node, view, ctx.new_buffer(value))]
 
 
 def _view_or_copy(ctx: LoweringContext, node: Node, epilogue: Epilogue, view: Buffer | None,
@@ -171,18 +168,6 @@ def _view_or_copy(ctx: LoweringContext, node: Node, epilogue: Epilogue, view: Bu
 
 
 # -- copy kernels ----------------------------------------------------------------------------
-
-def _epilogue_sink(epilogue: Epilogue) -> Sink:
-    def sink(b: lb.KernelBuilder, indices: Sequence[Expr], value: Expr) -> None:
-        epilogue.store(b, indices, value)
-    return sink
-
-
-def _buffer_sink(buffer: Buffer) -> Sink:
-    def sink(b: lb.KernelBuilder, indices: Sequence[Expr], value: Expr) -> None:
-        b.store(buffer, tuple(indices), value)
-    return sink
-
 
 def _copy_kernel(ctx: LoweringContext, node: Node, source: Buffer, target: Buffer) -> Kernel:
     """``target[i] = source[i]`` over their common shape, the last axis vectorized."""
@@ -363,8 +348,7 @@ def lower_slice(ctx: LoweringContext, node: Node, epilogue: Epilogue) -> list[Ke
     if all(r.step > 0 or len(r) <= 1 for r in plan.ranges):
         offset = sum(r.start * s for r, s in zip(plan.ranges, source.strides) if len(r))
         strides = [r.step * s for r, s in zip(plan.ranges, source.strides)]
-        taken = _view(ctx, node, source, sliced, strides, offset)
-        out = reshape_strides(taken.shape, taken.strides, plan.shape)
+        out = reshape_strides(sliced, normalized_strides(sliced, strides), plan.shape)
         assert out is not None, "a slice plan only inserts or drops size-1 axes"
         view = _view(ctx, node, source, plan.shape, out, offset)
 
@@ -616,18 +600,19 @@ def _pad_source(b: lb.KernelBuilder, mode: str, o: Expr, begin: int, dim: int, e
                 ) -> tuple[Expr, Expr | None]:
     """The source index of output index ``o`` on one axis, and (constant mode, where the
     axis is padded) whether it is inside the input."""
-    i = o - begin if begin else o
+    raw = o - begin if begin else o
     if begin <= 0 and end <= 0:
-        return i, None
-    i = b.let(i, "src")
+        return raw, None
+    raw = b.let(raw, "src")
     if mode == "constant":
-        inside = b.let(lb.binary("and", lb.ge(i, 0), lb.lt(i, dim)), "inside")
-        return b.let(_clip(i, dim), "src"), inside
-    low, high = _mirror(mode, i, dim)
+        inside = b.let(lb.binary("and", lb.ge(raw, 0), lb.lt(raw, dim)), "inside")
+        return b.let(_clip(raw, dim), "src"), inside
+    low, high = _mirror(mode, raw, dim)
+    i = raw
     if begin > 0:
-        i = Select(lb.lt(i, 0), low, i)
+        i = Select(lb.lt(raw, 0), low, i)
     if end > 0:
-        i = Select(lb.ge(o - begin if begin else o, dim), high, i)
+        i = Select(lb.ge(raw, dim), high, i)
     return b.let(_clip(i, dim), "src"), None
 
 
@@ -694,3 +679,12 @@ class _PadRow:
         kind = vectorized(self.lanes) if self.size >= self.lanes else SERIAL
         with b.for_range(self.size, kind=kind, name="q") as k:
             epilogue.store(b, (*outer, k), self.fill)
+
+
+# Every lowering above reads its inputs through their strides (``Load``s, or views composed
+# with the input's strides), so strided views may feed them.
+reads_strided_inputs(sh.Reshape, sh.Squeeze, sh.SqueezeV15, sh.Unsqueeze, sh.ShapeOf,
+                     sh.ShapeOfV3, sh.Broadcast, sh.BroadcastV3, sh.Tile, mv.Transpose,
+                     mv.DepthToSpace, mv.ShuffleChannels, mv.Split, mv.VariadicSplit,
+                     sl.StridedSlice, sl.Slice, mv.Concat, mv.Gather, mv.GatherV7, mv.GatherV8,
+                     mv.Pad, mv.PadV12)
