@@ -16,6 +16,8 @@ lists, per program step, the steps used and the proofs (for the precision report
 
 from __future__ import annotations
 
+import math
+
 import attrs
 import numpy as np
 
@@ -28,13 +30,23 @@ from lowering.ops.lowp_conv import (
     lower_q_conv,
     q_conv_geometry,
 )
+from lowering.ops.lowp_matmul import (
+    lower_compressed_matmul,
+    lower_q_activation_matmul,
+    lower_q_matmul,
+    matmul_geometry,
+)
 from lowering.ops.lowp_tiles import DOT_GROUPS, choose_dot_step, integer_tile
+from lowering.ops.nn_conv import lower_conv, lower_depthwise
+from lowering.ops.nn_conv_channels import lower_conv_by_channels
+from lowering.ops.nn_schedules import default_conv_schedule, default_matmul_schedule
 from lowering.program import Program
 from lowering.traversal import walk
 from lpjit.errors import LoweringError
 from lpjit.graph import Constant, Node, Value, constant_value
 from lpjit.ops import lowp
 from lpjit.passes.propagate_dequantize import RULES as LEVEL_PRESERVING_OPS
+from lpjit.reference.lowp import decompress
 
 MAX_LEVEL = 255
 
@@ -78,6 +90,86 @@ def lower_q_convolution(ctx: LoweringContext, node: lowp.QConvolution,
     tables = epilogue_tables(ctx, node, g, weights, scale, step, low)
     parallel = ctx.options.threads != 1
     return [lower_q_conv(ctx, node, epilogue, g, weights, tables, dot, tile, parallel)]
+
+
+@lowering(lowp.QMatMul)
+def lower_q_matmul_op(ctx: LoweringContext, node: lowp.QMatMul,
+                      epilogue: Epilogue) -> list[Kernel]:
+    """Integer GEMM with constant i8 weights ``[N, K]`` (``lowp_matmul``)."""
+    weights, scale, step, low = _constants(node, range(1, 5))
+    weights = weights.astype(np.int8)
+    g = matmul_geometry(node, weights.shape, True)
+    dot = choose_dot_step(ctx.target, lambda: matmul_weight_pairs(weights, DOT_GROUPS["quad"]),
+                          max_level(node.inputs[0]))
+    tile = integer_tile(ctx.target, dot, g.rows, g.columns)
+    parallel = ctx.options.threads != 1
+    return [lower_q_matmul(ctx, node, epilogue, weights, scale, float(step[0]),
+                           float(low[0]), dot, tile, parallel)]
+
+
+def matmul_weight_pairs(weights: np.ndarray, group: int) -> np.ndarray:
+    """The weight pairs a quad step multiplies, ``[N, pairs, 2]`` (K zero-padded)."""
+    rows, depth = weights.shape
+    padded = np.zeros((rows, -(-depth // group) * group), weights.dtype)
+    padded[:, :depth] = weights
+    return padded.reshape(rows, -1, 2)
+
+
+@lowering(lowp.QActivationMatMul)
+def lower_q_activation_matmul_op(ctx: LoweringContext, node: lowp.QActivationMatMul,
+                                 epilogue: Epilogue) -> list[Kernel]:
+    """Integer GEMM of two u8 activations with exact row/column-sum compensation."""
+    constants = [float(c[0]) for c in _constants(node, range(2, 6))]
+    g = matmul_geometry(node, node.input_type(1).shape, node.transpose_b)
+    dot = choose_dot_step(ctx.target, None, MAX_LEVEL)
+    tile = integer_tile(ctx.target, dot, g.rows, g.columns)
+    parallel = ctx.options.threads != 1
+    return [lower_q_activation_matmul(ctx, node, epilogue, constants, dot, tile, parallel)]
+
+
+def _require_f32_data(node: Node) -> None:
+    for value in (node.inputs[0], node.outputs[0]):
+        if value.dtype.name != "f32":
+            raise LoweringError(f"the weight-only compressed {node.kind} lowering needs f32 "
+                                f"activations, got {value.dtype}", node.origin)
+
+
+@lowering(lowp.CompressedMatMul)
+def lower_compressed_matmul_op(ctx: LoweringContext, node: lowp.CompressedMatMul,
+                               epilogue: Epilogue) -> list[Kernel]:
+    """f32 GEMM; the i8/u8 (i4/u4 held as i8/u8) weights are decompressed on the fly."""
+    _require_f32_data(node)
+    weights, scale, *zero_point = _constants(node, range(1, len(node.inputs)))
+    g = matmul_geometry(node, weights.shape, True)
+    tile = default_matmul_schedule(ctx.target, g.rows, g.columns, ctx.options.threads).tile
+    parallel = ctx.options.threads != 1
+    return [lower_compressed_matmul(ctx, node, epilogue, _stored(weights), scale,
+                                    zero_point[0] if zero_point else None, tile, parallel)]
+
+
+def _stored(weights: np.ndarray) -> np.ndarray:
+    """Low-precision weights as they stay in memory: i8 or u8 (4-bit values unpacked)."""
+    return weights.astype(np.uint8 if weights.dtype.kind == "u" else np.int8)
+
+
+@lowering(lowp.CompressedConvolution)
+def lower_compressed_convolution(ctx: LoweringContext, node: lowp.CompressedConvolution,
+                                 epilogue: Epilogue) -> list[Kernel]:
+    """The float direct convolution on weights decompressed at compile time (in f32, as the
+    reference): convolution weights are small next to activations, so they are kept as f32."""
+    _require_f32_data(node)
+    weights, scale, *zero_point = _constants(node, range(1, len(node.inputs)))
+    channel = (*weights.shape[:2], *(1,) * (weights.ndim - 2))
+    points = zero_point[0].reshape(channel) if zero_point else None
+    values = decompress(weights, scale.reshape(channel), points)
+    g = q_conv_geometry(node)
+    if g.is_depthwise and g.spatial_rank == 2:
+        return [lower_depthwise(ctx, node, epilogue, g, values)]
+    schedule = default_conv_schedule(ctx.target, g.group_out, g.out_spatial,
+                                     g.group_in * math.prod(g.kernel), ctx.options.threads)
+    if schedule.vectorize == "channels":
+        return [lower_conv_by_channels(ctx, node, epilogue, g, values, schedule)]
+    return [lower_conv(ctx, node, epilogue, g, values, schedule)]
 
 
 # -- what ran where --------------------------------------------------------------------------
