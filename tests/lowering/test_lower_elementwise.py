@@ -358,3 +358,15 @@ def test_fused_chain_of_transcendentals(tmp_path):
     x = parameter((3, 37))
     y = opset1.exp(opset1.tanh(opset1.sigmoid(opset1.multiply(x, const(0.5)))))
     check([y], [x], [floats((3, 37), rng)], tmp_path, ulps=3 * ULPS, steps=1)
+
+
+def test_fused_integer_chain_with_division_and_power(tmp_path):
+    """Integer Divide and Power fuse like any elementwise op: Multiply -> Divide (floor) ->
+    Power (constant 2: ``x * x``) -> Maximum -> Convert(f32), one kernel."""
+    rng = np.random.default_rng(14)
+    x, d = parameter((3, 37), np.int32), parameter((37,), np.int32, "d")
+    y = opset1.divide(opset1.multiply(x, const(3, np.int32)), d)
+    y = opset1.maximum(opset1.power(y, const(2, np.int32)), const([-5], np.int32))
+    inputs = [rng.integers(-1000, 1000, (3, 37)).astype(np.int32),
+              rng.integers(-9, 9, 37).astype(np.int32)]
+    check([opset1.convert(y, np.float32)], [x, d], inputs, tmp_path, steps=1)
