@@ -144,6 +144,8 @@ def _parse(text: bytes) -> Element:
                           "for safety (entity expansion attacks)") from None
     except defusedxml.DefusedXmlException as e:
         raise IRReadError(f"the XML was rejected for safety: {e}") from None
+    except (LookupError, ValueError) as e:   # an encoding Python lacks or expat cannot use
+        raise IRReadError(f"the XML cannot be decoded ({e}); IR files are UTF-8") from None
     _check_depth(root)
     if root.tag != "net":
         raise IRReadError(f"the root element is <{root.tag}>; expected <net> (an OpenVINO IR)")

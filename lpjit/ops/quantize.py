@@ -17,12 +17,15 @@ from lpjit.ops.common import broadcasts_to
 from lpjit.ops.registry import register
 
 RANGE_INPUTS = ("input_low", "input_high", "output_low", "output_high")
+MAX_LEVELS = 2 ** 64 - 1           # OpenVINO's type for levels is size_t
 
 
 def levels_problem(levels: int) -> str | None:
     """Why ``levels`` is invalid (``None`` if it is valid)."""
     if levels < 2:
         return f"levels={levels} is invalid; expected levels >= 2"
+    if levels > MAX_LEVELS:
+        return f"levels={levels} is invalid; expected levels <= {MAX_LEVELS} (a size_t)"
     return None
 
 

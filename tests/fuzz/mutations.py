@@ -609,7 +609,11 @@ def damage_text(text: bytes, c: Chooser) -> tuple[bytes, str]:
         value = c.integer(0, 255)
         return text[:a] + bytes([value]) + text[a + 1:], f"XML byte {a} set to {value}"
     header = c.choice((b'<?xml version="1.0" encoding="utf-16"?>', b"\xff\xfe",
-                       b'<?xml version="2.0"?>', b'<?xml version="1.0" encoding="latin-1"?>'))
+                       b'<?xml version="2.0"?>', b'<?xml version="1.0" encoding="latin-1"?>',
+                       b'<?xml version="1.0" encoding="ut-8"?>',
+                       b'<?xml version="1.0" encoding="utf-32"?>',
+                       b'<?xml version="1.0" encoding="rot13"?>',
+                       b'<?xml version="1.0" encoding="idna"?>'))
     return header + text, f"XML prefixed with {header!r}"
 
 

@@ -16,7 +16,8 @@ import pytest
 from openvino import opset1, opset11
 
 import lpjit
-from lpjit.errors import ShapeError
+from lpjit import reference
+from lpjit.errors import BadAttributeError, IRReadError, ShapeError
 
 pytestmark = pytest.mark.oracle
 
@@ -92,3 +93,45 @@ def test_interpolate_non_finite_scale_is_a_shape_error(tmp_path, value):
             f"Interpolate 'resize' (layer 3): scales [1.0, {float(value)}] has the non-finite "
             f"value {float(value)} on axis 3")):
         lpjit.read_ir(text, patched)
+
+
+@pytest.mark.parametrize("encoding, reason", [
+    ("ut-8", "unknown encoding: ut-8"),
+    ("utf-32", "multi-byte encodings are not supported"),
+    ("rot13", "'rot13' is not a text encoding; use codecs.decode() to handle arbitrary codecs"),
+    ("undefined", "decoding with 'undefined' codec failed (UnicodeError: undefined encoding)"),
+])
+def test_xml_in_an_encoding_expat_cannot_use_is_an_ir_read_error(add_const, encoding, reason):
+    """Was: LookupError / ValueError / UnicodeError out of the XML parser."""
+    text, weights = add_const
+    text = edit(text, '<?xml version="1.0"?>', f'<?xml version="1.0" encoding="{encoding}"?>')
+    with pytest.raises(IRReadError, match=re.escape(
+            f"the XML cannot be decoded ({reason}); IR files are UTF-8")):
+        lpjit.read_ir(text, weights)
+
+
+@pytest.fixture
+def fake_quantize_ir(tmp_path: Path) -> tuple[str, bytes]:
+    """FakeQuantize(x, -1, 1, -1, 1, levels=256) on x[2, 3]."""
+    x = opset1.parameter([2, 3], np.float32, name="x")
+    low, high = opset1.constant(np.float32(-1)), opset1.constant(np.float32(1))
+    fq = opset1.fake_quantize(x, low, high, low, high, 256, name="fq")
+    return saved(ov.Model([fq], [x], "fq"), tmp_path)
+
+
+@pytest.mark.parametrize("levels", ["18446744073709551616", "1" * 400])
+def test_fake_quantize_levels_past_size_t_is_a_bad_attribute(fake_quantize_ir, levels):
+    """Was: OverflowError 'int too large to convert to float' in the reference."""
+    text, weights = fake_quantize_ir
+    with pytest.raises(BadAttributeError, match=re.escape(
+            f"FakeQuantize 'fq' (layer 3): levels={levels} is invalid; expected levels <= "
+            "18446744073709551615 (a size_t)")):
+        lpjit.read_ir(edit(text, 'levels="256"', f'levels="{levels}"'), weights)
+
+
+def test_fake_quantize_levels_of_size_t_max_runs(fake_quantize_ir):
+    """The largest valid levels quantizes so finely that the output is the clipped input."""
+    text, weights = fake_quantize_ir
+    graph = lpjit.read_ir(edit(text, 'levels="256"', 'levels="18446744073709551615"'), weights)
+    data = np.random.default_rng(5).uniform(-2, 2, (2, 3)).astype(np.float32)
+    np.testing.assert_allclose(reference.run(graph, [data])[0], np.clip(data, -1, 1), rtol=1e-6)
