@@ -151,6 +151,11 @@ def test_convolution_1d_and_3d(tmp_path, vectorize):
                      (0, 1, 0)), tmp_path / "3d")
 
 
+def test_convolution_wide_kernel_loops_over_its_taps(tmp_path, vectorize):
+    """A 1-D kernel of 19 taps (wider than the unrolled limit) runs its taps as a loop."""
+    check(conv_model((1, 2, 45), (3, 2, 19), (2,), (1,), (4,), (3,)), tmp_path)
+
+
 def test_group_convolution(tmp_path, vectorize):
     """3 groups of 2 -> 4 channels, stride (1, 2), asymmetric pads."""
     check(conv_model((2, 6, 7, 7), (3, 4, 2, 3, 3), (1, 2), (1, 1), (1, 1), (1, 0),
