@@ -7,6 +7,7 @@ Subcommands:
   compare   layer-by-layer error of the compiled model against the float reference
   run       run a model on inputs from .npy files and write the outputs to an .npz
   compile   compile a model; ``--dump DIR`` writes every intermediate form
+  export    compile a model ahead of time: lib<name>.so, <name>.h (C API), <name>.json
 
 Errors are printed as one line (``lpjit: error: ...``) with a non-zero exit code (1: the
 model or the inputs, 2: the command line, 3: an internal error); ``--debug`` shows the
@@ -104,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     _compare_parser(sub)
     _run_parser(sub)
     _compile_parser(sub)
+    _export_parser(sub)
     return parser
 
 
@@ -230,6 +232,29 @@ def _compile_parser(sub) -> None:
     _add_compile_options(comp)
     comp.add_argument("--dump", type=Path, metavar="DIR",
                       help="directory for the intermediate forms (created if needed)")
+
+
+def _export_parser(sub) -> None:
+    export = _command(
+        sub, "export", "compile a model into a shared library with a C header",
+        "Compile the model ahead of time into OUT/lib<name>.so (the code, the weights and a "
+        "small C runtime; it needs only libc/libm, plus libgomp when threaded), the header "
+        "OUT/<name>.h and the manifest OUT/<name>.json.  Load it from Python with "
+        "lpjit.load_library(OUT).")
+    _add_model(export)
+    export.add_argument("-o", "--output", type=Path, required=True, metavar="OUT",
+                        help="directory for the library, header and manifest (created)")
+    export.add_argument("--name", help="library name, a C identifier (default: the model's)")
+    export.add_argument("--target", default="native",
+                        help="native (default), x86-64-v2, x86-64-v3 (AVX2), x86-64-v4 "
+                             "(AVX-512), or aarch64-linux-gnu (object file and C sources)")
+    export.add_argument("--threads", type=_positive(int), default=None, metavar="N",
+                        help="1: serial code; N: an OpenMP team of N (default: parallel code, "
+                             "the OpenMP default team at run time)")
+    export.add_argument("--float", action="store_true",
+                        help="run every FakeQuantize as float arithmetic")
+    export.add_argument("--progress", action="store_true",
+                        help="show compile progress on stderr even when it is not a terminal")
 
 
 # -- shared steps --------------------------------------------------------------------------
@@ -423,6 +448,28 @@ def cmd_compile(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    import lpjit
+
+    graph = _read(args.model, args.shape)
+    progress = _progress(args, "exporting")
+    with progress or contextlib.nullcontext():
+        done = lpjit.export(graph, args.output, name=args.name, target=args.target,
+                            threads=args.threads, low_precision=not args.float,
+                            progress=progress)
+    print(f"model     {graph.name} ({args.model})")
+    print(f"target    {done.target.describe()}, threads {done.manifest['threads'] or 'auto'}")
+    if done.library is not None:
+        print(f"library   {done.library} ({done.library_bytes} bytes, {done.seconds:.1f} s)")
+        print(f"needs     {', '.join(done.needed)}")
+    else:
+        print(f"object    {done.object_file} and C sources; link them with:")
+        print(f"          {done.manifest['link']}")
+    print(f"header    {done.header}")
+    print(f"manifest  {done.manifest_path}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from lpjit.cli_demo import run_demo
 
@@ -430,7 +477,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"demo": cmd_demo, "info": cmd_info, "profile": cmd_profile,
-            "compare": cmd_compare, "run": cmd_run, "compile": cmd_compile}
+            "compare": cmd_compare, "run": cmd_run, "compile": cmd_compile,
+            "export": cmd_export}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

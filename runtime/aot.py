@@ -228,7 +228,8 @@ def write_weights(symbols: Sequence[tuple[str, np.ndarray]], blob: Path) -> str:
             raw = np.ascontiguousarray(data).reshape(-1).view(np.uint8)
             out.write(memoryview(raw))
             size = max(raw.size, 1)
-            lines += ["\t.balign 64", f'\t.hidden "{symbol}"', f'\t.type "{symbol}", %object',
+            lines += ["\t.balign 64", f'\t.globl "{symbol}"', f'\t.hidden "{symbol}"',
+                      f'\t.type "{symbol}", %object',
                       f'\t.size "{symbol}", {size}', f'"{symbol}":']
             lines.append(f'\t.incbin "{blob.name}", {offset}, {raw.size}' if raw.size
                          else "\t.zero 1")
