@@ -11,8 +11,9 @@ waste lanes; vectors along the output channels do not.  Per group::
 
 Weights are packed at compile time into channel panels ``[G, panel, IC/G, k..., width]``
 (``nn_matmul.pack_b_panels`` on the ``[IC/G * k, OC/G]`` matrix).  The input is read as
-scalars, so any stride works without a copy; padding reads the zero-padded copy.  Each
-output vector is stored lane by lane (channels are ``H*W`` apart in NCHW), a cost the long
+scalars, so any stride works without a copy; padding reads the zero-padded copy.  The tile is
+staged in a small scratch buffer and written out channel by channel (a channel's pixels are
+contiguous in NCHW, its channels ``H*W`` apart): scalar epilogues and stores, a cost the long
 reduction pays for (the schedule weighs it).
 """
 
@@ -25,7 +26,7 @@ import attrs
 import numpy as np
 
 from lowering import builder as lb
-from lowering.loop_ir import Buffer, Expr, Kernel, Load
+from lowering.loop_ir import UNROLLED, Buffer, Expr, Kernel, Load, f32
 from lowering.lower_graph import Epilogue, LoweringContext, kernel_builder, make_kernel
 from lowering.ops.nn_conv import ConvGeometry, ConvSource, conv_source
 from lowering.ops.nn_matmul import pack_b_panels
@@ -130,9 +131,22 @@ class _ChannelWriter:
                      vector_index(mul(v, lanes), lanes))
             return Load(self.weights, index)
 
+        stage = self.b.allocate("stage", f32, (self.rows, columns.count * lanes))
+
         def store(r: Index, v: Index, acc: Expr) -> None:
-            channel = add(mul(group, g.group_out), columns.start(v))
-            self.epilogue.store(self.b, (n, vector_index(channel, lanes), *pixel(r)), acc)
+            self.b.store(stage, (r, vector_index(mul(v, lanes), lanes)), acc)
 
         emit_fma_tile(self.b, self.rows, columns.count, lanes, reduction,
                       kernel_width if unrolled else 1, scalar, vector, store)
+        self.transpose_out(stage, group, n, columns, pixel)
+
+    def transpose_out(self, stage: Buffer, group: Index, n: Index, columns: TileColumns,
+                      pixel) -> None:
+        """Channel by channel, the tile's pixels through the epilogue (scalar stores: an
+        output channel's pixels are contiguous in NCHW, its channels are not)."""
+        b, lanes = self.b, columns.lanes
+        with b.for_range(columns.count, name="v") as v, b.for_range(lanes, name="lane") as lane, \
+                b.for_range(self.rows, kind=UNROLLED, name="r") as r:
+            channel = add(mul(group, self.g.group_out), add(columns.start(v), lane))
+            value = Load(stage, (r, add(mul(v, lanes), lane)))
+            self.epilogue.store(b, (n, channel, *pixel(r)), value)
