@@ -9,8 +9,8 @@
    chains, compiled by lpjit's LLVM path).
 3. For each model and thread count: compiles it with ``lpjit.compile(xml, threads=N)`` and
    with OpenVINO (``INFERENCE_PRECISION_HINT: f32``, ``INFERENCE_NUM_THREADS: N``), checks
-   that both agree, then times them *interleaved* (round after round, the order alternating),
-   each sample the mean of a batch of calls lasting ~20 ms.  Reports medians, the ratio
+   that both agree, then times them *interleaved* (round after round, the order alternating,
+   a 20 ms pause before each batch), each sample the mean of a batch of calls lasting ~20 ms.  Reports medians, the ratio
    lpjit / OpenVINO (< 1: lpjit is faster) of the medians and of the best samples (steadier
    on a loaded machine), GFLOP/s (of the medians) and the fraction of the measured peak.
 4. Prints a table and writes everything as JSON.
@@ -41,6 +41,9 @@ from openvino import opset13 as ops
 import lpjit
 
 OUT = ROOT / "bench" / "out"
+# Pause before each batch so that the other contender's worker threads (OpenMP or TBB, which
+# spin for a while after a parallel region) have gone to sleep and do not steal a core.
+SETTLE = 0.02
 
 
 # -- models ------------------------------------------------------------------------------------
@@ -136,6 +139,7 @@ def interleaved(contenders: dict[str, Callable[[], object]], rounds: int
     for round_index in range(rounds):
         for name in names if round_index % 2 == 0 else reversed(names):
             run, count = contenders[name], sizes[name]
+            time.sleep(SETTLE)
             start = time.perf_counter()
             for _ in range(count):
                 run()
