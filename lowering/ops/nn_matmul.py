@@ -3,7 +3,9 @@
 Logical view (after the 1-D rule and the transposes): ``C[b, m, n] = sum_k A[b, m, k] *
 B[b, k, n]``.  Columns of C are covered by *panels* of ``vectors * lanes`` columns
 (``nn_tiles.cover_axis``; the last panel may overlap its neighbour); per panel, tiles of
-``rows`` rows (then the row tail) run the FMA tile over ``k``: A scalars broadcast, B vectors.
+``rows`` rows (the last one shifted back to end at M) run the FMA tile over ``k``: A scalars
+broadcast, B vectors.  With fewer columns than lanes (a 1-D ``B``: one column) the vectors
+narrow down to scalars: correct, not fast.
 
 B is read as
 
