@@ -30,6 +30,7 @@ from lowering.ops.lowp_conv import (
     lower_q_conv,
     q_conv_geometry,
 )
+from lowering.ops.lowp_depthwise import lower_q_depthwise
 from lowering.ops.lowp_matmul import (
     lower_compressed_matmul,
     lower_q_activation_matmul,
@@ -80,15 +81,18 @@ def _constants(node: Node, ports: range) -> list[np.ndarray]:
 @lowering(lowp.QConvolution)
 def lower_q_convolution(ctx: LoweringContext, node: lowp.QConvolution,
                         epilogue: Epilogue) -> list[Kernel]:
-    """Integer direct convolution (``lowp_conv``) with the target's dot step."""
+    """Integer direct convolution (``lowp_conv``) with the target's dot step; 2-D depthwise
+    convolutions get the per-channel kernel of ``lowp_depthwise``."""
     weights, scale, step, low = _constants(node, range(1, 5))
     weights = weights.astype(np.int8)
     g = q_conv_geometry(node)
+    tables = epilogue_tables(ctx, node, g, weights, scale, step, low)
+    parallel = ctx.options.threads != 1
+    if g.is_depthwise and g.spatial_rank == 2:
+        return [lower_q_depthwise(ctx, node, epilogue, g, weights, tables, parallel)]
     dot = choose_dot_step(ctx.target, lambda: conv_weight_pairs(weights, DOT_GROUPS["quad"]),
                           max_level(node.inputs[0]))
     tile = integer_tile(ctx.target, dot, g.group_out, g.out_spatial[-1])
-    tables = epilogue_tables(ctx, node, g, weights, scale, step, low)
-    parallel = ctx.options.threads != 1
     return [lower_q_conv(ctx, node, epilogue, g, weights, tables, dot, tile, parallel)]
 
 

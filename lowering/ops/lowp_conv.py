@@ -254,7 +254,7 @@ def _interleave(parts: list[Expr], lanes: int) -> Expr:
 
 
 @attrs.frozen
-class _BlockedCopy:
+class BlockedCopy:
     """Emits the blocked copy of one (n, group, channel block)."""
 
     b: lb.KernelBuilder
@@ -294,8 +294,14 @@ class _BlockedCopy:
 
     def zero(self, prefix: Sequence[Index], p_rows: Sequence[Index], start: int,
              stop: int | None, phase: Index | None = None) -> None:
-        """Zero ``P[prefix, rows, phase, start:stop]`` (all phases when ``phase`` is None)."""
+        """Zero ``P[prefix, rows, phase, start:stop]``; missing outer rows and the phase
+        (``None``) are looped over."""
         b = self.b
+        outer = self.p.shape[3:-2]
+        if len(p_rows) < len(outer):
+            with b.for_range(outer[len(p_rows)], name="pad") as h:
+                self.zero(prefix, (*p_rows, h), start, stop, phase)
+            return
         stop = self.p.shape[-1] if stop is None else stop
         if stop <= start:
             return
@@ -365,7 +371,7 @@ def emit_blocked_copy(b: lb.KernelBuilder, ctx: LoweringContext, g: ConvGeometry
     blocks = p.shape[2]
     count = g.batch * g.groups * blocks
     byte_lanes = 4 * ctx.lanes
-    copier = _BlockedCopy(b, g, x, p, group, max(2, byte_lanes // group), byte_lanes)
+    copier = BlockedCopy(b, g, x, p, group, max(2, byte_lanes // group), byte_lanes)
     with b.for_range(count, kind=loop_kind(parallel, count), name="ncb") as t:
         n, grp, cb = unravel(t, (g.batch, g.groups, blocks))
         copier.dims((n, grp, cb))

@@ -1,0 +1,494 @@
+"""Integer and weight-only compressed lowerings (``lowering.ops.lowp*``) on both executors.
+
+Each case is a one-op graph of ``lpjit.ops.lowp`` (or a small pipeline), lowered for a target
+and run by the numba executor and by LLVM (compiled for that target's CPU: the host has
+AVX512-VNNI, ``znver3`` code is AVX2 without VNNI, ``x86-64`` has neither; all run here).
+Integer ops are compared with ``lpjit.reference`` *bit for bit*: their f32 epilogue follows the
+reference's order of operations, so even the float outputs agree exactly; with step 1, low 0
+and scale 1 the output is the i32 accumulator itself.  Data are fresh seeded random level
+indices and weights over the full u8/i8 ranges, plus the extremes (all-255 activations times
++-127 weights: 1020 where OpenVINO's saturating AVX2 path gives 516).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import pytest
+from lowp_graphs import (
+    add,
+    conv,
+    fake_quantize,
+    fq_weights,
+    graph,
+    origin,
+    parameter,
+    relu,
+)
+from lowp_graphs import const as _const
+
+from lowering.loop_ir import Kernel
+from lowering.lower_graph import LoweringOptions, lower_graph_to_loops
+from lowering.microkernels import DotI8Pairs, DotU8I8Quad, DotU8I8Saturating, Microkernel
+from lowering.ops.lowp import integer_kernels, max_level
+from lowering.ops.lowp_conv import BorderClasses, pack_q_conv_weights, q_conv_geometry
+from lowering.ops.lowp_tiles import DotStep, choose_dot_step, integer_tile, saturation_proof
+from lowering.program import Program
+from lowering.program_exec import llvm_compiler, run_program
+from lowering.target import Target
+from lowering.traversal import walk
+from lpjit import dtypes, reference
+from lpjit.errors import LoweringError
+from lpjit.graph import Graph, Value
+from lpjit.ops import lowp
+from lpjit.passes.low_precision import apply_low_precision
+from runtime.jit import CPU_FEATURES, CPUCodegen, JitEngine, JitLibrary, TargetSpec
+
+RNG = np.random.default_rng(44)
+HOST = Target.host()
+AVX2 = Target("znver3", CPU_FEATURES["znver3"])
+SSE = Target("x86-64", CPU_FEATURES["x86-64"])
+F32 = np.float32
+
+
+class TargetJit(CPUCodegen):
+    """A JIT for a named CPU (its code runs on this host: a subset of its features)."""
+
+    library_class = JitLibrary
+    _jit = True
+
+
+@functools.cache
+def _jit(cpu: str) -> TargetJit:
+    return TargetJit(TargetSpec.for_cpu(cpu))
+
+
+def compiler_for(target: Target):
+    """LLVM one kernel at a time, compiled for ``target``'s CPU."""
+    if target is HOST:
+        return llvm_compiler
+
+    def compile_kernel(kernel: Kernel):
+        library = _jit(target.cpu).compile_kernels([kernel])
+        return functools.partial(library.get_function(kernel.name), threads=1)
+
+    return compile_kernel
+
+
+def lower(g: Graph, target: Target = HOST, threads: int = 1) -> Program:
+    return lower_graph_to_loops(g, LoweringOptions(target=target, threads=threads))
+
+
+def check(g: Graph, inputs: list[np.ndarray], target: Target = HOST, numba: bool = True,
+          steps: int | None = 1) -> Program:
+    """Lower for ``target``; LLVM (and numba) outputs equal the reference bit for bit."""
+    program = lower(g, target)
+    if steps is not None:
+        assert len(program.steps) == steps, [s.label for s in program.steps]
+    expected = reference.run(g, inputs)
+    runs = {"LLVM": run_program(program, inputs, compiler_for(target))}
+    if numba:
+        runs["numba"] = run_program(program, inputs)
+    for name, outputs in runs.items():
+        for e, actual in zip(expected, outputs, strict=True):
+            e = np.asarray(e).astype(actual.dtype)
+            np.testing.assert_array_equal(actual, e, err_msg=f"{name} on {target.cpu}")
+    return program
+
+
+def vector(values) -> Value:
+    return _const(np.asarray(values, F32).reshape(-1))
+
+
+def levels_like(shape) -> np.ndarray:
+    """Random level indices, a tenth of them at the extremes 0 and 255."""
+    q = RNG.integers(0, 256, shape)
+    extreme = RNG.random(shape) < 0.1
+    return np.where(extreme, RNG.choice([0, 255], shape), q).astype(np.uint8)
+
+
+def microkernels(program: Program) -> set[type]:
+    return {type(n) for s in program.steps for n in walk(s.kernel.body)
+            if isinstance(n, Microkernel)}
+
+
+# -- QConvolution ----------------------------------------------------------------------------
+
+def q_conv(data_shape, weights: np.ndarray, pads_begin, pads_end, strides=None,
+           dilations=None, per_channel=False, step=None, low=None, scale=None,
+           data: Value | None = None) -> tuple[Graph, list]:
+    """``QConvolution`` on a u8 parameter (or ``data``); asymmetric activations by default
+    (a negative low: fractional zero point)."""
+    rank = len(data_shape) - 2
+    x = parameter(data_shape, "x", dtypes.u8) if data is None else None
+    channels = data_shape[1] if per_channel else 1
+    out = weights.shape[0] * weights.shape[1]
+    step = RNG.uniform(0.005, 0.05, channels) if step is None else step
+    low = RNG.uniform(-1.2, -0.1, channels) if low is None else low
+    scale = RNG.uniform(0.001, 0.02, out) if scale is None else scale
+    node = lowp.QConvolution(
+        origin=origin("qconv", "Convolution"),
+        inputs=(data if data is not None else x.output, _const(weights.astype(np.int8)),
+                vector(scale), vector(step), vector(low)),
+        strides=strides or (1,) * rank, pads_begin=pads_begin, pads_end=pads_end,
+        dilations=dilations or (1,) * rank)
+    return node, ([x] if x is not None else [])
+
+
+def conv_graph(data_shape, weight_shape, pads_begin, pads_end, **kw) -> tuple[Graph, list]:
+    weights = RNG.integers(-128, 128, weight_shape)
+    node, params = q_conv(data_shape, weights, pads_begin, pads_end, **kw)
+    return graph(params, node.output), [levels_like(data_shape)]
+
+
+CONVOLUTIONS = {
+    # data, weights [G, OCg, ICg, k...], pads_begin, pads_end, extra
+    "3x3_odd_channels_batch2": ((2, 5, 6, 7), (1, 7, 5, 3, 3), (1, 1), (1, 1), {}),
+    "stride2_asymmetric_pads": ((1, 6, 7, 9), (1, 5, 6, 3, 3), (1, 0), (0, 2),
+                                {"strides": (2, 2)}),
+    "1x1": ((1, 9, 4, 5), (1, 11, 9, 1, 1), (0, 0), (0, 0), {}),
+    "grouped_stride_w2": ((1, 6, 5, 7), (3, 2, 2, 3, 3), (1, 1), (1, 1),
+                          {"strides": (1, 2)}),
+    "dilated": ((1, 4, 7, 8), (1, 3, 4, 3, 2), (2, 0), (1, 1), {"dilations": (2, 3)}),
+    "depthwise_per_channel_stride2": ((1, 5, 6, 9), (5, 1, 1, 3, 3), (1, 1), (1, 1),
+                                      {"strides": (2, 2), "per_channel": True}),
+    "channel_multiplier_per_channel": ((1, 3, 5, 6), (3, 2, 1, 3, 3), (1, 1), (1, 1),
+                                       {"per_channel": True}),
+    "one_pixel_output": ((1, 5, 3, 3), (1, 6, 5, 3, 3), (0, 0), (0, 0), {}),
+    "conv1d_stride2": ((2, 3, 11), (1, 4, 3, 3), (1,), (2,), {"strides": (2,)}),
+    "conv3d": ((1, 2, 4, 5, 6), (1, 3, 2, 2, 3, 2), (1, 0, 1), (0, 1, 0), {}),
+}
+
+
+@pytest.mark.parametrize("case", CONVOLUTIONS)
+def test_q_convolution_on_the_host(case):
+    """VNNI (vpdpbusd) tiles on the host; numba and LLVM equal the reference bit for bit,
+    borders included (asymmetric activations: the zero point is fractional)."""
+    data, weights, begin, end, extra = CONVOLUTIONS[case]
+    program = check(*conv_graph(data, weights, begin, end, **extra))
+    depthwise = weights[0] > 1 and weights[1] == weights[2] == 1 and len(data) == 4
+    assert microkernels(program) == (set() if depthwise else {DotU8I8Quad})
+
+
+@pytest.mark.parametrize("case", ["3x3_odd_channels_batch2", "stride2_asymmetric_pads",
+                                  "depthwise_per_channel_stride2"])
+def test_q_convolution_on_avx2(case):
+    """Without VNNI: exact vpmaddwd pairs (random +-127 weights cannot be proved safe for
+    vpmaddubsw); AVX2 code compiled for znver3."""
+    data, weights, begin, end, extra = CONVOLUTIONS[case]
+    program = check(*conv_graph(data, weights, begin, end, **extra), AVX2,
+                    numba=case == "stride2_asymmetric_pads")
+    assert DotU8I8Saturating not in microkernels(program)
+
+
+def test_q_convolution_without_avx2():
+    """The portable multiply-add on a baseline x86-64 (4 lanes)."""
+    data, weights, begin, end, extra = CONVOLUTIONS["3x3_odd_channels_batch2"]
+    program = check(*conv_graph(data, weights, begin, end, **extra), SSE, numba=False)
+    assert microkernels(program) == set()
+
+
+@pytest.mark.parametrize("target", [HOST, AVX2, SSE], ids=lambda t: t.cpu)
+def test_all_255_times_127_is_exact(target):
+    """1x1 conv, 4 channels, every activation 255, every weight 127, step 1, low 0, scale 1:
+    the accumulator 4 * 255 * 127 = 129540 (1020 after the 1/127 weight scale; OpenVINO on
+    AVX2 gives 516).  3x3 with 3 channels and mixed signs: exact too."""
+    node, params = q_conv((1, 4, 2, 3), np.full((1, 5, 4, 1, 1), 127), (0, 0), (0, 0),
+                          step=[1.0], low=[0.0], scale=np.ones(5))
+    ones = np.full((1, 4, 2, 3), 255, np.uint8)
+    check(graph(params, node.output), [ones], target, numba=target is HOST)
+    (out,) = run_program(lower(graph(params, node.output), target), [ones],
+                         compiler_for(target))
+    assert (out == 129540).all() and (out / 127 == 1020).all()
+    signs = np.where(RNG.random((1, 2, 3, 3, 3)) < 0.5, -128, 127)
+    node, params = q_conv((1, 3, 4, 5), signs, (1, 1), (1, 1), step=[1.0], low=[0.0],
+                          scale=np.ones(2))
+    check(graph(params, node.output), [np.full((1, 3, 4, 5), 255, np.uint8)], target,
+          numba=False)
+
+
+def test_proven_vpmaddubsw_on_avx2():
+    """Activations from a Quantize with 128 levels (max index 127) times +-127 weights: every
+    pair is within 127 * 254 = 32258, so AVX2 uses vpmaddubsw, says why in the node, and the
+    result is still exact.  255-level activations with the same weights get exact pairs."""
+    x = parameter((1, 8, 5, 9), "x")
+    ranges = (vector([-1.0]), vector([1.0]))
+    quantized = lowp.Quantize(origin=origin("q", "Quantize"), inputs=(x.output, *ranges),
+                              levels=128).output
+    assert max_level(quantized) == 127
+    weights = RNG.choice([-127, 127, 5, -3], (1, 6, 8, 3, 3))
+    node, _ = q_conv((1, 8, 5, 9), weights, (1, 1), (1, 1), data=quantized)
+    g = graph([x], node.output)
+    program = check(g, [RNG.uniform(-1.2, 1.2, (1, 8, 5, 9)).astype(F32)], AVX2, numba=False,
+                    steps=2)
+    assert DotU8I8Saturating in microkernels(program)
+    (conv_kernel,) = integer_kernels(program)
+    assert conv_kernel.microkernels == ("dot_u8i8_saturating",)
+    assert "activations <= 127" in conv_kernel.justifications[0]
+    assert "[-32258, 32258]" in conv_kernel.justifications[0]
+    node, params = q_conv((1, 8, 5, 9), weights, (1, 1), (1, 1))
+    program = lower(graph(params, node.output), AVX2)
+    assert microkernels(program) == {DotI8Pairs}
+
+
+def test_requantizing_epilogue_writes_u8():
+    """QConvolution -> bias Add -> ReLU -> Quantize: one kernel whose epilogue writes the
+    next layer's u8 level indices, equal to the reference's."""
+    node, params = q_conv((1, 5, 6, 7), RNG.integers(-128, 128, (1, 6, 5, 3, 3)), (1, 1),
+                          (1, 1))
+    y = relu(add(node.output, _const(RNG.uniform(-0.5, 0.5, (1, 6, 1, 1)).astype(F32))))
+    q = lowp.Quantize(origin=origin("requantize", "Quantize"),
+                      inputs=(y, vector([0.0]), vector([3.0])), levels=256).output
+    program = check(graph(params, q), [levels_like((1, 5, 6, 7))])
+    assert program.outputs[0].dtype.name == "u8"
+
+
+def test_conv_weights_are_packed_by_channel_blocks_and_groups():
+    """Block b, row r, channel group cb, element t of the packed weights is output channel
+    block_starts[b] + r, input channel cb*4 + t (zero past the input channels)."""
+    w = RNG.integers(-128, 128, (2, 5, 3, 2, 3)).astype(np.int8)
+    packed = pack_q_conv_weights(w, rows=2, group=4)
+    assert packed.shape == (2, 3, 1, 2, 3, 2, 4)
+    np.testing.assert_array_equal(packed[1, 2, 0, 1, 2, :, 1], w[1, 3:5, 1, 1, 2])
+    assert (packed[..., 3] == 0).all()
+
+
+def test_border_classes_of_a_padded_strided_convolution():
+    """Rows 0 and last miss a tap (pads 1/1, 3 taps); width classes likewise; interior is the
+    common width class."""
+    node, _ = q_conv((1, 2, 6, 7), np.ones((1, 1, 2, 3, 3)), (1, 1), (1, 1), strides=(1, 2))
+    classes = BorderClasses.of(q_conv_geometry(node))
+    assert classes.outer_of.tolist() == [0, 1, 1, 1, 1, 2]
+    assert [len(s[0]) for s in classes.outer] == [2, 3, 2]
+    assert classes.width_of == (0, 1, 1, 2)      # columns -1..1, 1..3, 3..5, 5..7
+    assert classes.border_columns() == [(0, 0), (3, 2)]
+
+
+# -- MatMul ----------------------------------------------------------------------------------
+
+def q_matmul_graph(a_shape, columns: int, transpose_a=False) -> tuple[Graph, list]:
+    a = parameter(a_shape, "a", dtypes.u8)
+    depth = a_shape[-2] if transpose_a else a_shape[-1]
+    node = lowp.QMatMul(origin=origin("qmatmul", "MatMul"),
+                        inputs=(a.output, _const(RNG.integers(-128, 128, (columns, depth))
+                                                 .astype(np.int8)),
+                                vector(RNG.uniform(0.001, 0.02, columns)), vector([0.013]),
+                                vector([-0.61])),
+                        transpose_a=transpose_a)
+    return graph([a], node.output), [levels_like(a_shape)]
+
+
+MATMULS = {
+    "batch_k13_n21": ((2, 5, 13), 21, False),
+    "k16_n37": ((9, 16), 37, False),
+    "transpose_a_one_column": ((7, 3), 1, True),
+}
+
+
+@pytest.mark.parametrize("target", [HOST, AVX2, SSE], ids=lambda t: t.cpu)
+@pytest.mark.parametrize("case", MATMULS)
+def test_q_matmul(case, target):
+    """K not a multiple of 4 (a K-padded copy of A), N = 1 (two lanes, one stored)."""
+    check(*q_matmul_graph(*MATMULS[case]), target, numba=target is HOST)
+
+
+def activation_matmul_graph(a_shape, b_shape, transpose_a=False, transpose_b=False
+                            ) -> tuple[Graph, list]:
+    a, b = parameter(a_shape, "a", dtypes.u8), parameter(b_shape, "b", dtypes.u8)
+    node = lowp.QActivationMatMul(
+        origin=origin("scores", "MatMul"),
+        inputs=(a.output, b.output, vector([0.031]), vector([-0.7]), vector([0.011]),
+                vector([0.25])),
+        transpose_a=transpose_a, transpose_b=transpose_b)
+    return graph([a, b], node.output), [levels_like(a_shape), levels_like(b_shape)]
+
+
+@pytest.mark.parametrize("target", [HOST, AVX2], ids=lambda t: t.cpu)
+def test_q_activation_matmul(target):
+    """u8 x u8 with the row/column-sum compensation: batch broadcast with a transposed B
+    (attention's Q K^T), and a plain one with K = 13."""
+    check(*activation_matmul_graph((3, 6, 8), (1, 19, 8), transpose_b=True), target,
+          numba=target is HOST)
+    check(*activation_matmul_graph((2, 13, 5), (2, 13, 9), transpose_a=True), target,
+          numba=False)
+
+
+def test_q_activation_matmul_extremes():
+    """All-255 inputs: s_ab = 255 * 255 * K exactly (VNNI packs B as qb - 128)."""
+    g, _ = activation_matmul_graph((4, 12), (12, 3))
+    check(g, [np.full((4, 12), 255, np.uint8), np.full((12, 3), 255, np.uint8)], numba=False)
+
+
+# -- weight-only compression -----------------------------------------------------------------
+
+def compressed_matmul_graph(shape, columns, storage, group_size, zero_point: bool,
+                            transpose_a=False) -> tuple[Graph, list]:
+    a = parameter(shape, "a")
+    depth = shape[-2] if transpose_a else shape[-1]
+    low, high = (-8, 8) if storage.name == "i4" else (0, 16) if storage.name == "u4" else (
+        (-128, 128) if storage.name == "i8" else (0, 256))
+    values = RNG.integers(low, high, (columns, depth))
+    groups = (columns, depth // group_size)
+    inputs = [a.output, _const(values, "w", storage),
+              _const(RNG.uniform(0.01, 0.1, groups).astype(F32))]
+    if zero_point:
+        inputs.append(_const(RNG.integers(low, high, groups), "zp", storage))
+    node = lowp.CompressedMatMul(origin=origin("fc", "MatMul"), inputs=tuple(inputs),
+                                 group_size=group_size, transpose_a=transpose_a)
+    return graph([a], node.output), [RNG.uniform(-2, 2, shape).astype(F32)]
+
+
+COMPRESSED = {
+    "i8_per_row": ((2, 5, 12), 10, dtypes.i8, 12, False, False),
+    "u8_zero_point_groups_of_4": ((6, 12), 9, dtypes.u8, 4, True, False),
+    "i4_groups_transpose_a": ((16, 3), 17, dtypes.i4, 8, False, True),
+    "u4_zero_point_one_column": ((3, 8), 1, dtypes.u4, 8, True, False),
+}
+
+
+@pytest.mark.parametrize("case", COMPRESSED)
+def test_compressed_matmul(case):
+    """f32 x decompressed weights (rtol 1e-5: f32 sums in another order than the reference's
+    float64); weights stay 8-bit in the program's constants."""
+    g, inputs = compressed_matmul_graph(*COMPRESSED[case])
+    program = lower(g)
+    expected = reference.run(g, inputs)
+    for outputs in (run_program(program, inputs), run_program(program, inputs, llvm_compiler)):
+        np.testing.assert_allclose(outputs[0], expected[0], rtol=1e-5, atol=1e-5)
+    weights = [c for c in program.constants if c.name.endswith("_weights")]
+    assert [c.dtype.name for c in weights] in (["i8"], ["u8"])
+
+
+def test_compressed_convolution():
+    """u8 weights with a per-channel zero point, decompressed at compile time."""
+    x = parameter((1, 3, 5, 6), "x")
+    values = RNG.integers(0, 256, (1, 4, 3, 3, 3))
+    node = lowp.CompressedConvolution(
+        origin=origin("conv", "Convolution"),
+        inputs=(x.output, _const(values, "w", dtypes.u8),
+                _const(RNG.uniform(0.01, 0.1, 4).astype(F32)),
+                _const(RNG.integers(0, 256, 4), "zp", dtypes.u8)),
+        strides=(1, 1), pads_begin=(1, 1), pads_end=(1, 0), dilations=(1, 1))
+    g = graph([x], node.output)
+    inputs = [RNG.uniform(-1, 1, (1, 3, 5, 6)).astype(F32)]
+    program = lower(g)
+    (expected,) = reference.run(g, inputs)
+    (actual,) = run_program(program, inputs, llvm_compiler)
+    np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_compressed_matmul_needs_f32_activations():
+    a = parameter((2, 4), "a", dtypes.f16)
+    node = lowp.CompressedMatMul(origin=origin("fc", "MatMul"),
+                                 inputs=(a.output, _const(np.ones((3, 4), np.int8)),
+                                         _const(np.ones((3, 1), F32))),
+                                 group_size=4)
+    with pytest.raises(LoweringError, match="needs f32 activations, got f16"):
+        lower(graph([a], node.output))
+
+
+# -- Quantize / Dequantize emitters ----------------------------------------------------------
+
+def test_quantize_is_the_fake_quantize_level_index():
+    """Per-channel ranges, ties, both boundaries, +-inf and NaN (-> 0), 255 and 16 levels."""
+    x = parameter((2, 3, 4, 9), "x")
+    low = np.array([-1.0, 0.0, -0.3], F32).reshape(1, 3, 1, 1)
+    high = np.array([1.0, 2.55, 0.7], F32).reshape(1, 3, 1, 1)
+    data = RNG.uniform(-1.5, 3.0, (2, 3, 4, 9)).astype(F32)
+    data[0, 1, 0, :6] = [0.5, 1.5, 2.55, 0.0, -0.0, 2.5500002]
+    data[1, :, 1, :3] = [np.nan, np.inf, -np.inf]
+    data[0, 0] = np.linspace(-1, 1, 36, dtype=F32).reshape(4, 9)
+    for levels in (256, 16):
+        q = lowp.Quantize(origin=origin("q", "Quantize"),
+                          inputs=(x.output, _const(low), _const(high)), levels=levels)
+        check(graph([x], q.output), [data])
+
+
+def test_dequantize_returns_the_fake_quantize_values():
+    """Every level of a signed range (ol -> q 0, oh -> q L-1 exactly) and of a ReLU range;
+    Dequantize(Quantize(x)) equals FakeQuantize(x) where the reference says it does."""
+    q = parameter((2, 256), "q", dtypes.u8)
+    low = np.array([[-0.731], [0.0]], F32)
+    high = np.array([[1.913], [6.0]], F32)
+    node = lowp.Dequantize(origin=origin("dq", "Dequantize"),
+                           inputs=(q.output, _const(low), _const(high)), levels=256)
+    levels = np.tile(np.arange(256, dtype=np.uint8), (2, 1))
+    program = check(graph([q], node.output), [levels])
+    (values,) = run_program(program, [levels], llvm_compiler)
+    assert values[0, 0] == low[0, 0] and values[0, 255] == high[0, 0]
+    x = parameter((64,), "x")
+    quantized = lowp.Quantize(origin=origin("q", "Quantize"),
+                              inputs=(x.output, vector([0.0]), vector([6.0])), levels=256)
+    roundtrip = lowp.Dequantize(origin=origin("dq", "Dequantize"),
+                                inputs=(quantized.output, vector([0.0]), vector([6.0])),
+                                levels=256)
+    data = RNG.uniform(-1, 7, 64).astype(F32)
+    fake = fake_quantize(x.output, 0.0, 6.0)
+    expected, = reference.run(graph([x], fake), [data])
+    actual, = run_program(lower(graph([x], roundtrip.output)), [data], llvm_compiler)
+    np.testing.assert_array_equal(actual, expected)
+
+
+# -- the pipeline, threads, choices ----------------------------------------------------------
+
+def test_low_precision_pipeline_runs_in_integer_kernels():
+    """FQ -> conv -> bias -> ReLU -> FQ -> conv after apply_low_precision: a Quantize kernel,
+    the first QConvolution requantizing to u8, the second QConvolution; the program equals
+    the transformed graph's reference bit for bit."""
+    x = parameter((1, 3, 6, 8), "x")
+    y = conv(fake_quantize(x.output, -1.0, 1.0), fq_weights(RNG.normal(0, 0.3, (5, 3, 3, 3))))
+    y = relu(add(y, _const(RNG.normal(0, 0.1, (1, 5, 1, 1)).astype(F32))))
+    y = conv(fake_quantize(y, 0.0, 2.0, name="fq2"),
+             fq_weights(RNG.normal(0, 0.3, (4, 5, 3, 3)), name="w2"), name="conv2")
+    transformed, report = apply_low_precision(graph([x], y))
+    assert len(report.integer_layers()) == 2
+    data = [RNG.uniform(-1.2, 1.2, (1, 3, 6, 8)).astype(F32)]
+    program = check(transformed, data, steps=3)
+    assert [k.microkernels for k in integer_kernels(program)] == [("dot_u8i8_quad",)] * 2
+
+
+def test_two_threads():
+    """Parallel copy and tile loops on two OpenMP threads give the same results."""
+    g, inputs = conv_graph((2, 6, 7, 9), (1, 5, 6, 3, 3), (1, 1), (1, 1))
+    program = lower(g, threads=2)
+    engine = JitEngine()
+
+    def two(kernel: Kernel):
+        return functools.partial(engine.compile_kernels([kernel]).get_function(kernel.name),
+                                 threads=2)
+
+    (expected,) = reference.run(g, inputs)
+    (actual,) = run_program(program, inputs, two)
+    np.testing.assert_array_equal(actual, expected)
+
+
+def test_saturation_proof_bounds():
+    """Pair sums at the extremes: 255 * 254 saturates, 255 * 126 and 127 * 254 do not."""
+    pairs = np.array([[[127, 127]], [[63, 63]], [[-128, -128]], [[-64, -64]]])
+    proof = saturation_proof(pairs, 255)
+    assert proof.safe.tolist() == [False, True, False, True]
+    assert (proof.low, proof.high) == (-65280, 64770)
+    assert saturation_proof(pairs[:1], 127).holds
+    assert saturation_proof(np.array([[[-128, 127]]]), 255).holds
+
+
+def test_dot_step_follows_the_target():
+    safe = lambda: np.array([[[10, -10]]])
+    unsafe = lambda: np.array([[[127, 127]]])
+    assert choose_dot_step(HOST, unsafe, 255).kind == "quad"      # this host has VNNI
+    assert choose_dot_step(AVX2, safe, 255).kind == "saturating"
+    step = choose_dot_step(AVX2, unsafe, 255)
+    assert step.kind == "pairs" and "could saturate in 1 of 1" in step.describe()
+    assert choose_dot_step(AVX2, None, 255).kind == "pairs"
+    assert choose_dot_step(SSE, safe, 255).kind == "mac"
+
+
+@pytest.mark.parametrize("target", [HOST, AVX2, SSE], ids=lambda t: t.cpu)
+@pytest.mark.parametrize("kind", ["quad", "pairs", "saturating", "mac"])
+def test_integer_tiles_fit_the_register_file(target, kind):
+    tile = integer_tile(target, DotStep(kind, "proof"), 64, 56)
+    registers = 32 if target.has_avx512 else 16
+    extra = 2 if kind == "saturating" else 1
+    assert tile.rows * tile.vectors + extra * tile.vectors + extra <= registers
+    assert tile.lanes in (target.f32_lanes, target.f32_lanes // 2)
