@@ -41,28 +41,23 @@ def profile_header(profile: ModelProfile, precision: str) -> str:
         f"throughput {profile.throughput:.1f} inferences/s (one at a time)"])
 
 
-def layer_table(profile: ModelProfile, limit: int | None = None) -> str:
-    """One row per executed step: index, time, share, GOP/s, op, precision, kernel, layers.
-
-    ``limit`` keeps the slowest ``limit`` rows (in execution order) and counts the rest."""
+def layer_table(profile: ModelProfile) -> str:
+    """One row per executed step, in execution order: index, mean time, share, GOP/s, op,
+    precision, kernel, layers; then the total."""
     rows = profile.rows()
-    shown = rows
-    if limit is not None and len(rows) > limit:
-        slowest = sorted(rows, key=lambda r: -r["time_us"])[:limit]
-        keep = {r["index"] for r in slowest}
-        shown = [r for r in rows if r["index"] in keep]
-    head = (f"{'#':>3} {'time':>9} {'share':>6} {'GOP/s':>7}  {'op':<16} {'precision':<15} "
-            f"{'kernel':<24} layers")
-    lines = [head]
-    for r in shown:
+    op_width = max([len("op"), *(len(r["op"]) for r in rows)])
+    precision_width = max([len("precision"), *(len(r["precision"]) for r in rows)])
+    kernel_width = max([len("kernel"), *(len(r["kernel"]) for r in rows)])
+    lines = [(f"{'#':>3} {'time':>9} {'share':>6} {'GOP/s':>7}  {'op':<{op_width}}  "
+              f"{'precision':<{precision_width}}  {'kernel':<{kernel_width}}  layers")]
+    for r in rows:
         lines.append(f"{r['index']:>3} {r['time_us']:>7.1f}us {r['share'] * 100:>5.1f}% "
-                     f"{r['gops']:>7.2f}  {r['op']:<16} {r['precision']:<15} "
-                     f"{r['kernel']:<24} {' + '.join(r['layers'])}")
+                     f"{r['gops']:>7.2f}  {r['op']:<{op_width}}  "
+                     f"{r['precision']:<{precision_width}}  {r['kernel']:<{kernel_width}}  "
+                     f"{' + '.join(r['layers'])}")
     total_us = sum(r["time_us"] for r in rows)
     total_ops = sum(r["ops"] for r in rows)
     gops = total_ops / total_us / 1e3 if total_us else 0.0
-    if len(shown) < len(rows):
-        lines.append(f"    ({len(rows) - len(shown)} faster steps not shown)")
     lines.append(f"{'':>3} {total_us:>7.1f}us {100.0:>5.1f}% {gops:>7.2f}  total of "
                  f"{len(rows)} steps")
     return "\n".join(lines)
@@ -76,25 +71,17 @@ def _number(value: float | None, form: str) -> str:
     return format(value, form)
 
 
-def comparison_table(comparison: Comparison, limit: int | None = None) -> str:
+def comparison_table(comparison: Comparison) -> str:
     """One row per observed value: levels, max error (abs and in steps), share of elements
     off by at least one step, SQNR; then where the error first grows."""
     head = (f"{'max err':>10} {'steps':>6} {'off>=1':>7} {'SQNR dB':>8}  layer")
     lines = [head]
-    layers = comparison.layers
-    if limit is not None and len(layers) > limit:
-        worst = sorted(layers, key=lambda e: (-(e.max_error_steps or 0), e.sqnr_db))[:limit]
-        keep = {id(e) for e in worst}
-        layers = tuple(e for e in layers if id(e) in keep)
-    for error in layers:
+    for error in comparison.layers:
         off = "-" if error.off_by_step is None else f"{error.off_by_step * 100:.2f}%"
         mark = "  <- error grows here" if error.grows else ""
         kind = " (output)" if error.kind == "output" else ""
         lines.append(f"{error.max_abs_error:>10.3g} {_number(error.max_error_steps, '.2f'):>6} "
                      f"{off:>7} {_number(error.sqnr_db, '.1f'):>8}  {error.layer}{kind}{mark}")
-    if len(layers) < len(comparison.layers):
-        lines.append(f"    ({len(comparison.layers) - len(layers)} more layers with smaller "
-                     "errors not shown; --json lists all)")
     if comparison.first_growth:
         lines.append(f"error grows first at {comparison.first_growth}: the first FakeQuantize "
                      "off by >= 1 step beyond every FakeQuantize upstream of it")
