@@ -146,8 +146,8 @@ def _team_size(threads: int | None) -> int:
 def _link_command(name: str, obj: ObjectCode) -> str:
     """How to link the sources of a cross-compiled export (run in its directory)."""
     libraries = " -lgomp" if obj.openmp else ""
-    return (f"aarch64-linux-gnu-gcc -shared -fPIC -O2 -fvisibility=hidden -o lib{name}.so "
-            f"{name}_runtime.c {name}.o {name}_weights.S -lm{libraries}")
+    return (f"aarch64-linux-gnu-gcc -shared -fPIC -O2 -fvisibility=hidden -static-libgcc "
+            f"-o lib{name}.so {name}_runtime.c {name}.o {name}_weights.S -lm{libraries}")
 
 
 def library_interface(compilation: Compilation, obj: ObjectCode, name: str, threads: int,

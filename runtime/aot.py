@@ -140,8 +140,10 @@ class ObjectCode:
         non-JIT target machine (small code model), from a copy."""
         if isinstance(library, JitLibrary):
             machine = library.codegen.target.target_machine(library.codegen.opt_level)
-            code = machine.emit_object(llvm.parse_bitcode(library.module.as_bitcode()))
+            code = machine.emit_object(hide_definitions(
+                llvm.parse_bitcode(library.module.as_bitcode())))
         else:
+            hide_definitions(library.module)
             code = library.object_code()
         symbols = library.lowered.symbols if library.lowered is not None else ()
         return cls(code, tuple(symbols), uses_openmp(library.module))
@@ -150,6 +152,15 @@ class ObjectCode:
     def constant_bytes(self) -> int:
         """Bytes of the constants bound by symbol."""
         return sum(int(data.nbytes) for _, data in self.symbols)
+
+
+def hide_definitions(module: llvm.ModuleRef) -> llvm.ModuleRef:
+    """Give every function and variable ``module`` defines hidden visibility: a shared
+    library exports none of them (only its C API), and calls between them are direct."""
+    for value in (*module.functions, *module.global_variables):
+        if not value.is_declaration and value.linkage.name not in ("private", "internal"):
+            value.visibility = "hidden"
+    return module
 
 
 def uses_openmp(module: llvm.ModuleRef) -> bool:
