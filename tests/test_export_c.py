@@ -17,6 +17,7 @@ It also checks the API's error codes (index out of range, NULL arguments).
 
 from __future__ import annotations
 
+import pickle
 import subprocess
 from pathlib import Path
 
@@ -256,7 +257,8 @@ def test_serial_library_needs_only_libc_and_libm(float_export):
 
 
 def test_int8_ir_from_c_is_bit_identical_to_the_jit(tmp_path):
-    """An NNCF INT8 library, parallel: C outputs == JIT outputs; NEEDED adds libgomp only."""
+    """An NNCF INT8 library (integer convolutions), parallel: C outputs == JIT outputs;
+    NEEDED adds libgomp only; the JIT model pickled (its code linked with OpenMP) agrees."""
     model = nncf_models.quantize(builders.resnet_like(**SMALL_RESNET))
     int8_ir = oracle.save(model, tmp_path / "ir", "resnet_int8")
     export = lpjit.export(int8_ir, tmp_path / "lib", name="resnet_int8", threads=2)
@@ -266,8 +268,10 @@ def test_int8_ir_from_c_is_bit_identical_to_the_jit(tmp_path):
     x = image(2)
     outputs, _ = run_program(program, export, [x], tmp_path, "--workers", "2")
     jit = lpjit.compile(int8_ir, threads=2)
+    assert any("x i8" in layer.precision for layer in jit.precision_report().layers)
     assert_bit_identical(outputs, list(jit(x)))
     assert_bit_identical(list(export.load()(x)), list(jit(x)))
+    assert_bit_identical(list(pickle.loads(pickle.dumps(jit))(x)), list(jit(x)))
 
 
 def test_missing_cpu_feature_is_an_error_code_not_sigill(tmp_path):
