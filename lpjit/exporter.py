@@ -37,7 +37,13 @@ from runtime.aot import (
     needed_libraries,
     write_library_sources,
 )
-from runtime.c_library import LibraryInterface, TensorSpec, c_identifier, render_header
+from runtime.c_library import (
+    LibraryInterface,
+    TensorSpec,
+    c_identifier,
+    check_library_name,
+    render_header,
+)
 from runtime.cpu_features import unchecked_features
 
 MANIFEST_FORMAT = "lpjit-library"
@@ -100,6 +106,7 @@ def export(ir, out_dir: str | Path, *, name: str | None = None,
 
     start = time.perf_counter()
     graph = _read(ir, weights, shapes)
+    name = check_library_name(name) if name is not None else c_identifier(graph.name)
     export_target = target if isinstance(target, ExportTarget) else ExportTarget.named(target)
     team = _team_size(threads)
     options = CompileOptions(threads=team, low_precision=low_precision,
@@ -108,7 +115,6 @@ def export(ir, out_dir: str | Path, *, name: str | None = None,
     runner = PassRunner(verify=verify, dump_dir=dump_dir, progress=progress)
     compilation = compile_graph(graph, options, runner, codegen)
     obj = runner.run("emit_object", compilation.library.object)
-    name = name if name is not None else c_identifier(graph.name)
     interface = library_interface(compilation, obj, name, team, export_target)
     directory = Path(out_dir)
     directory.mkdir(parents=True, exist_ok=True)

@@ -94,14 +94,20 @@ class LibraryInterface:
 
     @name.validator
     def _check_name(self, attribute: attrs.Attribute, value: str) -> None:
-        if not _IDENTIFIER.match(value):
-            raise ExportError(f"library name {value!r} is not a C identifier; use letters, "
-                              "digits and '_', not starting with a digit")
+        check_library_name(value)
 
     @property
     def prefix(self) -> str:
         """The prefix of every exported function: ``lpjit_<name>_``."""
         return f"lpjit_{self.name}_"
+
+
+def check_library_name(name: str) -> str:
+    """``name`` if it is a C identifier (it prefixes every function); else ``ExportError``."""
+    if not _IDENTIFIER.match(name):
+        raise ExportError(f"library name {name!r} is not a C identifier; use letters, "
+                          "digits and '_', not starting with a digit")
+    return name
 
 
 def c_identifier(text: str) -> str:
