@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import openvino as ov
 import oracle
 import pytest
 from models import builders, nncf_models
@@ -214,6 +215,21 @@ def test_run_reference_writes_the_reference_outputs(capsys, model_xml, input_npy
     graph = lpjit.read_ir(model_xml)
     expected = reference.run(graph, [np.load(input_npy)])
     np.testing.assert_array_equal(np.load(npz)[graph.results[0].names[0]], expected[0])
+
+
+def test_run_with_shape_resolves_a_dynamic_input(capsys, tmp_path):
+    model = builders.mlp((16, 32, 10))
+    model.reshape({"input": ov.PartialShape([-1, 16])})
+    xml = oracle.save(model, tmp_path, "dynamic_mlp")
+    npz = tmp_path / "out.npz"
+    code, out, err = run_cli(capsys, "run", xml, "--shape", "input=3,16", "--threads", 1,
+                             "--seed", 2, "--output", npz)
+    assert code == 0, err
+    assert "output: float32[3, 10]" in out
+    graph = lpjit.read_ir(xml, shapes={"input": (3, 16)})
+    x = np.random.default_rng(2).uniform(-1, 1, (3, 16)).astype(np.float32)
+    np.testing.assert_allclose(np.load(npz)["output"], reference.run(graph, [x])[0],
+                               rtol=1e-5, atol=1e-6)
 
 
 # -- compile --dump ------------------------------------------------------------------------
