@@ -44,8 +44,8 @@ import numpy as np
 from lowering import builder as lb
 from lowering.loop_ir import UNROLLED, Cast, Expr, Var, i16, i32
 from lowering.microkernels import DotI8Pairs, DotU8I8Quad, DotU8I8Saturating
-from lowering.ops.nn_schedules import RegisterTile, axis_efficiency, block_efficiency
-from lowering.ops.nn_tiles import Reduction, vector_index
+from lowering.ops.nn_schedules import RegisterTile
+from lowering.ops.nn_tiles import Reduction, cover_axis, vector_index
 from lowering.target import Target
 
 PAIR_LIMIT = 32767      # vpmaddubsw saturates each pair sum to [-32768, 32767]
@@ -207,8 +207,8 @@ def emit_dot_tile(b: lb.KernelBuilder, step: DotStep, rows: int, vectors: int, l
 # -- register tiles -----------------------------------------------------------------------------
 
 # Vector registers a tile needs besides its accumulators: per vector operand, and fixed.
-_PER_VECTOR = {"quad": 1, "pairs": 1, "saturating": 2, "mac": 1}
-_FIXED = {"quad": 1, "pairs": 1, "saturating": 2, "mac": 1}
+_PER_VECTOR = {"quad": 1, "pairs": 1, "saturating": 1, "mac": 1}
+_FIXED = {"quad": 1, "pairs": 2, "saturating": 3, "mac": 2}
 
 
 def integer_tile(target: Target, step: DotStep, row_extent: int, column_extent: int,
@@ -216,30 +216,36 @@ def integer_tile(target: Target, step: DotStep, row_extent: int, column_extent: 
     """The ``rows x vectors`` i32 tile of ``lanes`` for a row axis (broadcast operands) of
     ``row_extent`` and a vectorized axis of ``column_extent``.
 
-    Score: useful lanes per instruction, counting per reduction step ``rows * vectors`` dot
-    steps plus ``rows + vectors`` operand loads at half their cost, over the tiles that cover
-    both axes (``nn_schedules`` efficiencies).  256-bit vectors count as half a 512-bit one on
-    AVX-512 (as on AMD Zen 4, which splits 512-bit operations in two).  Accumulators and
-    operands must fit the register file.
+    Cost of one reduction step over both axes, as ``nn_tiles.cover_axis`` and the row blocks
+    cover them: each tile costs ``rows * vectors`` dot steps plus ``rows + vectors`` operand
+    loads at half that price (the remainder tile with its own vector count).  On AVX-512 a
+    256-bit vector counts as half a 512-bit one (AMD Zen 4 splits 512-bit operations in two);
+    narrower vectors are never cheaper elsewhere.  Accumulators and operands must fit the register file.  The cheapest wins.
     """
     registers = 32 if target.has_avx512 else 16
     widest = target.f32_lanes
-    options = [lanes for lanes in (widest, widest // 2) if lanes >= 4] or [widest]
+    options = [widest, widest // 2] if target.has_avx512 else [widest]
     best: tuple[float, RegisterTile] | None = None
     for lanes in options:
-        cost = lanes / widest
+        price = lanes / widest
         for rows in range(1, min(max_rows, max(row_extent, 1)) + 1):
             for vectors in range(1, min(max_vectors, -(-column_extent // lanes)) + 1):
                 needed = rows * vectors + _PER_VECTOR[step.kind] * vectors + _FIXED[step.kind]
                 if needed > registers:
                     continue
-                useful = (axis_efficiency(column_extent, lanes, vectors)
-                          * block_efficiency(row_extent, rows) * rows * vectors * lanes)
-                score = useful / (cost * (rows * vectors + 0.5 * (rows + vectors)))
-                if best is None or score > best[0] + 1e-9:
-                    best = (score, RegisterTile(rows, vectors, lanes))
+                cover = cover_axis(column_extent, lanes, vectors)
+                cost = cover.full_tiles * _tile_cost(rows, vectors)
+                if cover.remainder_count:
+                    cost += _tile_cost(rows, cover.remainder_count)
+                cost *= price * -(-row_extent // rows)
+                if best is None or cost < best[0] - 1e-9:
+                    best = (cost, RegisterTile(rows, vectors, lanes))
     assert best is not None
     return best[1]
+
+
+def _tile_cost(rows: int, vectors: int) -> float:
+    return rows * vectors + 0.5 * (rows + vectors)
 
 
 __all__ = ["DotStep", "SaturationProof", "choose_dot_step", "emit_dot_tile", "integer_tile",
