@@ -400,11 +400,12 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from lpjit import reference
+    from lpjit.cli_format import seconds
 
     graph = _read(args.model, args.shape)
     inputs = _inputs(graph, args)
-    start = time.perf_counter()
     if args.reference:
+        start = time.perf_counter()
         outputs = reference.run(graph, inputs)
         how = "reference executor (numpy, FakeQuantize as-is)"
     else:
@@ -415,10 +416,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     elapsed = time.perf_counter() - start
     named = {r.names[0]: out for r, out in zip(graph.results, outputs)}
     for name, out in named.items():
-        print(f"{name}: {out.dtype}{list(out.shape)}  min={out.min():.6g} "
-              f"mean={out.mean():.6g} max={out.max():.6g}")
-    from lpjit.cli_format import seconds
-
+        summary = (f"  min={out.min():.6g} mean={out.mean():.6g} max={out.max():.6g}"
+                   if out.size else "  (empty)")
+        print(f"{name}: {out.dtype}{list(out.shape)}{summary}")
     print(f"ran in {seconds(elapsed)}: {how}")
     if args.output:
         np.savez(args.output, **named)
