@@ -487,8 +487,11 @@ def test_dot_step_follows_the_target():
 @pytest.mark.parametrize("target", [HOST, AVX2, SSE], ids=lambda t: t.cpu)
 @pytest.mark.parametrize("kind", ["quad", "pairs", "saturating", "mac"])
 def test_integer_tiles_fit_the_register_file(target, kind):
-    tile = integer_tile(target, DotStep(kind, "proof"), 64, 56)
+    """Accumulators, one operand per vector and the step's temporaries (the broadcast
+    operand; a product for pairs/mac; products and the ones vector for saturating)."""
+    temporaries = {"quad": 1, "pairs": 2, "saturating": 3, "mac": 2}[kind]
     registers = 32 if target.has_avx512 else 16
-    extra = 2 if kind == "saturating" else 1
-    assert tile.rows * tile.vectors + extra * tile.vectors + extra <= registers
-    assert tile.lanes in (target.f32_lanes, target.f32_lanes // 2)
+    for rows, columns in [(64, 56), (128, 768), (7, 9), (512, 7)]:
+        tile = integer_tile(target, DotStep(kind, "proof"), rows, columns)
+        assert tile.rows * tile.vectors + tile.vectors + temporaries <= registers
+        assert tile.lanes == target.f32_lanes or (target.has_avx512 and tile.lanes == 8)
