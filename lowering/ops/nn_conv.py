@@ -11,7 +11,8 @@ Direct convolution, per output row (all spatial dims but the last, and the batch
 
 Input: when there is padding or a width stride, the kernel first copies the input into a
 zero-padded, *phase-split* buffer ``P[N, C, padded outer dims..., stride_w, Wq]`` with
-``P[..., ph, j] = padded_input[..., j * stride_w + ph]``: output pixels ``ow`` then read
+``P[..., ph, j] = padded_input[..., j * stride_w + ph]`` (stride 2: dense loads and a shuffle
+of even/odd lanes): output pixels ``ow`` then read
 ``P[..., (kw*d) % s, ow + (kw*d) // s]``, a dense vector for every stride and dilation, and
 the inner loop has no border case.  Without padding and with a unit width stride the input
 is read directly.
@@ -195,12 +196,36 @@ def _copy_width(b: lb.KernelBuilder, g: ConvGeometry, x: Buffer, p: Buffer,
         first = min(columns, max(0, -((phase - low) // stride)))
         stop = min(columns, max(first, (width - 1 + low - phase) // stride + 1))
         _zero_range(b, p, (*p_row, phase), 0, first, lanes)
+        if stride == 2:
+            first = _deinterleave(b, x, p, x_row, (*p_row, phase), first, stop, phase - low,
+                                  width, lanes)
         if stop > first:
             kind = vectorized(lanes) if stride == 1 and stop - first >= lanes else SERIAL
             with b.for_range(stop - first, kind=kind, name="j") as j:
                 column = (j + first) * stride + (phase - low)
                 b.store(p, (*p_row, phase, j + first), Load(x, (*x_row, column)))
         _zero_range(b, p, (*p_row, phase), stop, columns, lanes)
+
+
+def _deinterleave(b: lb.KernelBuilder, x: Buffer, p: Buffer, x_row: Sequence[Index],
+                  p_row: Sequence[Index], first: int, stop: int, shift: int, width: int,
+                  lanes: int) -> int:
+    """``p[j] = x[2*j + shift]`` for ``j`` from ``first``, ``lanes`` at a time: two dense loads
+    and one shuffle of the even lanes, while both loads stay inside the row.  Returns the first
+    ``j`` left for the scalar loop."""
+    chunks = 0
+    while (chunks + 1) * lanes <= stop - first and \
+            2 * (first + (chunks + 1) * lanes) + shift - 1 < width:
+        chunks += 1
+    if chunks:
+        with b.for_range(chunks, name="jv") as jv:
+            j = add(mul(jv, lanes), first)
+            column = add(mul(j, 2), shift)
+            low = Load(x, (*x_row, vector_index(column, lanes)))
+            high = Load(x, (*x_row, vector_index(add(column, lanes), lanes)))
+            evens = lb.shuffle((low, high), range(0, 2 * lanes, 2))
+            b.store(p, (*p_row, vector_index(j, lanes)), evens)
+    return first + chunks * lanes
 
 
 def _zero_range(b: lb.KernelBuilder, p: Buffer, prefix: Sequence[Index], start: int, stop: int,

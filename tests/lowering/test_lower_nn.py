@@ -129,6 +129,8 @@ CONVOLUTIONS = {
     "1x1_prime_stride_h2": ((2, 7, 6, 5), (11, 7, 1, 1), (2, 1), (1, 1), (0, 0), (0, 0)),
     "1x1_gemm_wide_rows": ((1, 13, 3, 37), (17, 13, 1, 1), (1, 1), (1, 1), (0, 0), (0, 0)),
     "dilation": ((1, 4, 10, 9), (3, 4, 3, 2), (1, 2), (2, 3), (2, 0), (1, 1)),
+    "stride2_wide_rows_deinterleaved": ((1, 3, 4, 45), (4, 3, 3, 3), (2, 2), (1, 1), (1, 1),
+                                        (1, 0)),
 }
 
 
@@ -166,6 +168,7 @@ def test_group_convolution(tmp_path, vectorize):
     ((2, 7, 9, 20), (1, 1), (1, 1), "explicit"),
     ((1, 5, 8, 7), (2, 2), (1, 2), "same_lower"),
     ((1, 3, 6, 6), (1, 1), (1, 1), "valid"),
+    ((1, 3, 5, 41), (2, 2), (1, 1), "explicit"),
 ])
 def test_depthwise_convolution(tmp_path, shape, strides, dilations, auto_pad):
     channels = shape[1]
