@@ -12,8 +12,9 @@ start-up) and a per-case watchdog (``--timeout`` seconds; ``SIGALRM`` in the wor
 parent kills a worker that stops answering).  Every case must end in success or an
 ``LpjitError``; anything else -- another exception, a timeout, a killed or crashed worker -- is
 a crash, written to ``--out`` as ``<seed>-<case>.xml``/``.bin`` plus a ``.txt`` with the
-mutations and the traceback.  Compiled outputs that disagree with the reference are reported as
-mismatches (with the same files), separately from crashes.
+mutations and the traceback.  Compiled outputs that disagree with the reference, and
+``VerificationError`` (a compiler invariant broken), are written out the same way as findings
+for the compiler, but are not counted as crashes.
 
 Prints the cases run, the count of every outcome, then every crash; exits 1 if any crashed.
 """
@@ -42,6 +43,8 @@ sys.path.insert(0, str(ROOT / "tests"))
 from fuzz import mutations, runner
 
 Report = Callable[[int, str, str], None]
+# Outcomes that are not crashes but point at a compiler bug: written out like crashes.
+INTERNAL = ("mismatch", "VerificationError")
 BATCH = 16                  # cases sent to a worker at a time
 GRACE = 10.0                # seconds past --timeout before the parent kills a silent worker
 STARTUP = 120.0             # seconds a worker may take to import lpjit and say it is ready
@@ -92,7 +95,7 @@ def run_one(seeds: Sequence[mutations.Seed], pools: mutations.Pools, options: Op
         if isinstance(e, KeyboardInterrupt):
             raise
         return "crash", f"{type(e).__name__}: {e}\n\n{traceback.format_exc()}"
-    return str(outcome), ""
+    return str(outcome), outcome.detail
 
 
 # ------------------------------------------------------------------------------------------
@@ -311,7 +314,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def report(index: int, outcome: str, detail: str) -> None:
         counts[outcome] += 1
-        if outcome == "crash" or outcome.endswith("mismatch"):
+        if outcome == "crash" or outcome.endswith(INTERNAL):
             findings.append(Finding(index, outcome, detail))
         done = sum(counts.values())
         if done % 1000 == 0:

@@ -54,6 +54,7 @@ class Outcome:
 
     stage: str
     result: str
+    detail: str = attrs.field(default="", eq=False)   # the error message, if any
 
     def __str__(self) -> str:
         return f"{self.stage}: {self.result}"
@@ -123,7 +124,7 @@ def run_case(case: Case, *, input_seed: int = 0, scratch: Path | None = None,
     try:
         graph = _read(case, scratch)
     except LpjitError as e:
-        return Outcome("read", type(e).__name__)
+        return Outcome("read", type(e).__name__, str(e))
     elements = total_elements(graph)
     if elements > MAX_REFERENCE_ELEMENTS:
         return Outcome("read", "ok, too large to run")
@@ -133,32 +134,37 @@ def run_case(case: Case, *, input_seed: int = 0, scratch: Path | None = None,
             warnings.simplefilter("ignore")
             expected = reference.run(graph, inputs)
     except LpjitError as e:
-        return Outcome("reference", type(e).__name__)
+        return Outcome("reference", type(e).__name__, str(e))
     if not compile_model:
         return Outcome("reference", "ok")
     if elements > MAX_COMPILE_ELEMENTS or len(graph.nodes) > MAX_COMPILE_NODES:
         return Outcome("reference", "ok, too large to compile")
     try:
-        outputs = list(lpjit.compile(graph, threads=1)(*inputs))
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            outputs = list(lpjit.compile(graph, threads=1)(*inputs))
     except LpjitError as e:
-        return Outcome("compile", type(e).__name__)
-    return Outcome("compile", "ok" if agree(outputs, expected) else "mismatch")
+        return Outcome("compile", type(e).__name__, str(e))
+    why = disagreement(outputs, expected)
+    return Outcome("compile", "mismatch" if why else "ok", why)
 
 
-def agree(actual: list[np.ndarray], expected: list[np.ndarray]) -> bool:
-    """Same shapes and dtypes; floats within RTOL/ATOL (NaN where NaN), integers equal."""
+def disagreement(actual: list[np.ndarray], expected: list[np.ndarray]) -> str:
+    """Why compiled outputs differ from the reference ('' when they agree): shapes and dtypes
+    equal, floats within RTOL/ATOL (NaN where NaN), integers equal."""
     if len(actual) != len(expected):
-        return False
-    for a, e in zip(actual, expected):
+        return f"{len(actual)} outputs; the reference has {len(expected)}"
+    for i, (a, e) in enumerate(zip(actual, expected)):
         a, e = np.asarray(a), np.asarray(e)
         if a.shape != e.shape or a.dtype != e.dtype:
-            return False
-        if e.dtype.kind == "f":
-            if not np.allclose(a, e, rtol=RTOL, atol=ATOL, equal_nan=True):
-                return False
-        elif not np.array_equal(a, e):
-            return False
-    return True
+            return f"output {i} is {a.dtype}{list(a.shape)}; the reference {e.dtype}{list(e.shape)}"
+        close = (np.isclose(a, e, rtol=RTOL, atol=ATOL, equal_nan=True) if e.dtype.kind == "f"
+                 else a == e)
+        if not np.all(close):
+            where = tuple(int(j) for j in np.argwhere(~close)[0])
+            return (f"output {i} differs at {int((~close).sum())} of {close.size} elements, "
+                    f"first at {where}: {a[where]!r} vs reference {e[where]!r}")
+    return ""
 
 
 @contextlib.contextmanager
