@@ -22,9 +22,11 @@ from lowp_graphs import (
     fake_quantize,
     fq_weights,
     graph,
+    max_pool,
     origin,
     parameter,
     relu,
+    reshape,
 )
 from lowp_graphs import const as _const
 
@@ -43,6 +45,7 @@ from lpjit.errors import LoweringError
 from lpjit.graph import Graph, Value
 from lpjit.ops import lowp
 from lpjit.passes.low_precision import apply_low_precision
+from lpjit.reference.lowp import integer_convolution
 from runtime.jit import CPU_FEATURES, CPUCodegen, JitEngine, JitLibrary, TargetSpec
 
 RNG = np.random.default_rng(44)
@@ -206,6 +209,20 @@ def test_all_255_times_127_is_exact(target):
                           scale=np.ones(2))
     check(graph(params, node.output), [np.full((1, 3, 4, 5), 255, np.uint8)], target,
           numba=False)
+
+
+@pytest.mark.parametrize("target", [HOST, AVX2, SSE], ids=lambda t: t.cpu)
+def test_accumulator_equals_the_integer_convolution(target):
+    """Step 1, low 0, scale 1: the output is the i32 accumulator (|acc| < 2^24, exact in f32),
+    equal to an int64 numpy convolution over the valid taps, on random full-range data."""
+    weights = RNG.integers(-128, 128, (1, 6, 7, 3, 3))
+    node, params = q_conv((2, 7, 5, 8), weights, (1, 2), (2, 0), strides=(1, 2), step=[1.0],
+                          low=[0.0], scale=np.ones(6))
+    data = levels_like((2, 7, 5, 8))
+    (out,) = run_program(lower(graph(params, node.output), target), [data],
+                         compiler_for(target))
+    expected = integer_convolution(node, data.astype(np.int64), weights.astype(np.int64))
+    np.testing.assert_array_equal(out.astype(np.int64), expected)
 
 
 def test_proven_vpmaddubsw_on_avx2():
@@ -449,18 +466,30 @@ def test_low_precision_pipeline_runs_in_integer_kernels():
 
 
 def test_two_threads():
-    """Parallel copy and tile loops on two OpenMP threads give the same results."""
-    g, inputs = conv_graph((2, 6, 7, 9), (1, 5, 6, 3, 3), (1, 1), (1, 1))
-    program = lower(g, threads=2)
+    """Parallel copy, packing and tile loops on two OpenMP threads give the same results."""
     engine = JitEngine()
 
     def two(kernel: Kernel):
         return functools.partial(engine.compile_kernels([kernel]).get_function(kernel.name),
                                  threads=2)
 
-    (expected,) = reference.run(g, inputs)
-    (actual,) = run_program(program, inputs, two)
-    np.testing.assert_array_equal(actual, expected)
+    for g, inputs in (conv_graph((2, 6, 7, 9), (1, 5, 6, 3, 3), (1, 1), (1, 1)),
+                      q_matmul_graph((3, 9, 13), 40),
+                      activation_matmul_graph((2, 6, 8), (2, 19, 8), transpose_b=True)):
+        program = lower(g, threads=2)
+        (expected,) = reference.run(g, inputs)
+        (actual,) = run_program(program, inputs, two)
+        np.testing.assert_array_equal(actual, expected)
+
+
+def test_max_level_follows_level_preserving_ops():
+    """The Quantize's levels - 1 through Reshape and MaxPool; 255 for a u8 parameter."""
+    x = parameter((1, 4, 4, 4), "x")
+    q = lowp.Quantize(origin=origin("q", "Quantize"),
+                      inputs=(x.output, vector([0.0]), vector([1.0])), levels=100).output
+    pooled = max_pool(reshape(q, (1, 4, 4, 4))).outputs[0]
+    assert max_level(q) == 99 and max_level(pooled) == 99
+    assert max_level(parameter((2,), "y", dtypes.u8).output) == 255
 
 
 def test_saturation_proof_bounds():
