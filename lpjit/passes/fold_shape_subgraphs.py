@@ -11,6 +11,7 @@ import attrs
 import numpy as np
 
 from lpjit.graph import Constant, Graph, Node, Parameter, Result, constant_value, rebuild
+from lpjit.ops.nn import SlidingWindow
 from lpjit.ops.registry import IR_NAMES
 from lpjit.reference import EVALUATORS, evaluate_node
 
@@ -34,13 +35,18 @@ def _ir_type(node: Node) -> str:
 
 def is_foldable(node: Node, options: FoldShapeSubgraphsOptions = DEFAULT_OPTIONS) -> bool:
     """True when ``node`` is a shape-only op, or has only Constant inputs and a small
-    integer/boolean single output; float chains (weight decompression) never fold."""
+    integer/boolean single output; float chains (weight decompression) and convolutions and
+    pools never fold."""
     if isinstance(node, (Parameter, Result, Constant)) or len(node.output_types) != 1:
         return False
     if type(node) not in EVALUATORS:
         return False
     if _ir_type(node) in SHAPE_ONLY_OPS:
         return True
+    if isinstance(node, SlidingWindow):
+        # Never a shape computation, and its evaluator pads the input by the window, whose
+        # size is an attribute: a 2^32-wide same_upper window would allocate ~2^32 elements.
+        return False
     out = node.output_types[0]
     if out.dtype.is_float or out.numel > options.max_elements:
         return False

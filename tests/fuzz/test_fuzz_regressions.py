@@ -16,6 +16,7 @@ import pytest
 from openvino import opset1, opset11
 
 import lpjit
+from fuzz import runner
 from lpjit import reference
 from lpjit.errors import BadAttributeError, IRReadError, ShapeError
 
@@ -135,3 +136,17 @@ def test_fake_quantize_levels_of_size_t_max_runs(fake_quantize_ir):
     graph = lpjit.read_ir(edit(text, 'levels="256"', 'levels="18446744073709551615"'), weights)
     data = np.random.default_rng(5).uniform(-2, 2, (2, 3)).astype(np.float32)
     np.testing.assert_allclose(reference.run(graph, [data])[0], np.clip(data, -1, 1), rtol=1e-6)
+
+
+def test_pool_of_a_constant_with_a_huge_window_is_not_folded_while_reading(tmp_path):
+    """Was: MemoryError (96 GiB) while reading an 8 kB IR: shape-subgraph folding ran the
+    reference MaxPool-1 of an i32 Const, which pads the input by the 2^32-wide same_upper
+    window.  Pools never fold now; the graph reads at once."""
+    c = opset1.constant(np.arange(25, dtype=np.int32).reshape(1, 1, 5, 5), name="c")
+    pool = opset1.max_pool(c, [1, 1], [0, 0], [0, 0], [2, 2], "floor", "same_upper", name="mp")
+    text, weights = saved(ov.Model([pool], [], "pool"), tmp_path)
+    huge = edit(text, 'kernel="2, 2"', 'kernel="4294967296, 2"')
+    with runner.address_space_limit(1 << 30):
+        graph = lpjit.read_ir(huge, weights)
+    assert [n.kind for n in graph.nodes] == ["Constant", "MaxPoolV1", "Result"]
+    assert graph.nodes[1].pads_begin == (2147483647, 0)
