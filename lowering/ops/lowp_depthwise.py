@@ -3,9 +3,10 @@ group, 2-D): per-channel i32 multiply-accumulate on widened values, exact.
 
 Per (n, c), PARALLEL: the channel's plane is copied into the zero-padded, phase-split scratch
 ``P[N, C, 1, Hp, s_w, Wq]`` (``lowp_conv``'s blocked copy with a group of one channel), then
-tiles of ``rows`` output rows x ``vectors`` vectors along the width, each output vector a
-straight-line chain of ``KH*KW`` steps ``acc += i32(x) * i32(w)`` (``vpmovzxbd``,
-``vpmulld``, ``vpaddd``).  The epilogue is ``lowp_conv.output_value``: the same f32 formula
+tiles of ``rows`` output rows x ``vectors`` vectors along the width: i32 accumulators updated
+over the ``KH*KW`` taps (unrolled loops) by ``acc += i32(x) * i32(w)`` (``vpmovzxbd``, then
+``vpmulld`` -- or ``vpmaddwd``, which LLVM uses knowing both factors fit 16 bits -- and
+``vpaddd``).  The epilogue is ``lowp_conv.output_value``: the same f32 formula
 with the exact per-border-class zero-point table, per-channel step and low included.
 """
 
@@ -15,7 +16,7 @@ import attrs
 import numpy as np
 
 from lowering import builder as lb
-from lowering.loop_ir import Cast, Expr, Kernel, Load, i32
+from lowering.loop_ir import UNROLLED, Buffer, Cast, Expr, Kernel, Load, i32
 from lowering.lower_graph import Epilogue, LoweringContext, kernel_builder, make_kernel
 from lowering.ops.lowp_conv import (
     BlockedCopy,
@@ -57,9 +58,7 @@ def lower_q_depthwise(ctx: LoweringContext, node: Node, epilogue: Epilogue, g: C
     with b.for_range(count, kind=loop_kind(parallel, count), name="nc") as t:
         n, c = unravel(t, (g.batch, g.channels))
         copier.dims((n, c, 0))
-        taps = [[b.let(Cast(Load(packed, (c, i, j)), i32, "exact"), "w") for j in range(kw)]
-                for i in range(kh)]
-        writer = _DepthwiseWriter(b, g, source, tables, taps, epilogue, n, c)
+        writer = _DepthwiseWriter(b, g, source, tables, packed, epilogue, n, c)
         full = out_h // tile.rows
         if full:
             with b.for_range(full, name="oh") as block:
@@ -77,7 +76,7 @@ class _DepthwiseWriter:
     g: ConvGeometry
     source: BlockedInput
     tables: EpilogueTables
-    taps: list[list[Expr]]
+    weights: Buffer
     epilogue: Epilogue
     n: Index
     c: Index
@@ -96,29 +95,42 @@ class _DepthwiseWriter:
             self.tile(first, rows, tile, tile.lanes)
 
     def tile(self, first: Index, rows: int, columns: TileColumns, stored: int) -> None:
-        (sh, _), (dh, _) = self.g.strides, self.g.dilations
-        lanes = columns.lanes
+        """``rows x columns.count`` i32 accumulators over the unrolled taps, then the
+        epilogue of each."""
+        b, g = self.b, self.g
+        (sh, _), (dh, _) = g.strides, g.dilations
+        (kh_extent, kw_extent), lanes = g.kernel, columns.lanes
+        acc = b.allocate("acc", i32, (rows, columns.count * lanes))
+
+        def at(i: Expr, v: Expr) -> tuple[Expr, Expr]:
+            return (i, vector_index(v * lanes, lanes))
+
+        with b.for_range(rows, kind=UNROLLED, name="r") as i, \
+                b.for_range(columns.count, kind=UNROLLED, name="v") as v:
+            b.store(acc, at(i, v), lb.broadcast(0, lanes, i32))
+        with b.for_range(kh_extent, kind=UNROLLED, name="kh") as kh, \
+                b.for_range(kw_extent, kind=UNROLLED, name="kw") as kw:
+            weight = b.let(lb.broadcast(Cast(Load(self.weights, (self.c, kh, kw)), i32,
+                                             "exact"), lanes, i32), "w")
+            with b.for_range(rows, kind=UNROLLED, name="r") as i, \
+                    b.for_range(columns.count, kind=UNROLLED, name="v") as v:
+                row = add(mul(add(first, i), sh), kh * dh)
+                x = self.source.vector((self.n, self.c, 0), (row,), columns.start(v), kw, lanes)
+                b.store(acc, at(i, v), acc[at(i, v)] + Cast(x, i32, "exact") * weight)
         last = len(self.tables.classes.outer) - 1
-        prefix = (self.n, self.c, 0)
-        for i in range(rows):
+        with b.for_range(rows, kind=UNROLLED, name="r") as i:
             oh = add(first, i)
-            outer_class = self.b.let(
-                lb.min_(lb.max_(Load(self.tables.outer_class, (oh,)), 0), last), "oc")
-            for v in range(columns.count):
+            outer_class = b.let(lb.min_(lb.max_(Load(self.tables.outer_class, (oh,)), 0),
+                                        last), "oc")
+            with b.for_range(columns.count, kind=UNROLLED, name="v") as v:
                 start = columns.start(v)
-                acc: Expr = lb.broadcast(0, lanes, i32)
-                for kh, row_taps in enumerate(self.taps):
-                    row = add(mul(oh, sh), kh * dh)
-                    for kw, weight in enumerate(row_taps):
-                        x = self.source.vector(prefix, (row,), start, kw, lanes)
-                        acc = acc + Cast(x, i32, "exact") * lb.broadcast(weight, lanes, i32)
-                value = self.b.let(output_value(self.b, self.tables, acc, self.c, outer_class,
-                                                start, lanes), "y")
+                value = b.let(output_value(b, self.tables, acc[at(i, v)], self.c, outer_class,
+                                           start, lanes), "y")
                 if stored == lanes:
-                    self.epilogue.store(self.b, (self.n, self.c, oh, vector_index(start, lanes)),
+                    self.epilogue.store(b, (self.n, self.c, oh, vector_index(start, lanes)),
                                         value)
                 else:
-                    self.epilogue.store(self.b, (self.n, self.c, oh, start), first_lane(value))
+                    self.epilogue.store(b, (self.n, self.c, oh, start), first_lane(value))
 
 
 __all__ = ["lower_q_depthwise"]
