@@ -24,6 +24,7 @@ import numpy as np
 from lowering.loop_ir import Kernel
 from lowering.lower_graph import Epilogue, LoweringContext, lowering
 from lowering.microkernels import DotU8I8Saturating, Microkernel
+from lowering.ops import nn as float_nn
 from lowering.ops.lowp_conv import (
     conv_weight_pairs,
     epilogue_tables,
@@ -38,9 +39,7 @@ from lowering.ops.lowp_matmul import (
     matmul_geometry,
 )
 from lowering.ops.lowp_tiles import DOT_GROUPS, choose_dot_step, integer_tile
-from lowering.ops.nn_conv import lower_conv, lower_depthwise
-from lowering.ops.nn_conv_channels import lower_conv_by_channels
-from lowering.ops.nn_schedules import default_conv_schedule, default_matmul_schedule
+from lowering.ops.nn_schedules import default_matmul_schedule
 from lowering.program import Program
 from lowering.traversal import walk
 from lpjit.errors import LoweringError
@@ -167,13 +166,15 @@ def lower_compressed_convolution(ctx: LoweringContext, node: lowp.CompressedConv
     points = zero_point[0].reshape(channel) if zero_point else None
     values = decompress(weights, scale.reshape(channel), points)
     g = q_conv_geometry(node)
+    # The float kernels, through the names ``lowering.ops.nn`` dispatches to.
     if g.is_depthwise and g.spatial_rank == 2:
-        return [lower_depthwise(ctx, node, epilogue, g, values)]
-    schedule = default_conv_schedule(ctx.target, g.group_out, g.out_spatial,
-                                     g.group_in * math.prod(g.kernel), ctx.options.threads)
+        return [float_nn.lower_depthwise(ctx, node, epilogue, g, values)]
+    schedule = float_nn.default_conv_schedule(ctx.target, g.group_out, g.out_spatial,
+                                              g.group_in * math.prod(g.kernel),
+                                              ctx.options.threads)
     if schedule.vectorize == "channels":
-        return [lower_conv_by_channels(ctx, node, epilogue, g, values, schedule)]
-    return [lower_conv(ctx, node, epilogue, g, values, schedule)]
+        return [float_nn.lower_conv_by_channels(ctx, node, epilogue, g, values, schedule)]
+    return [float_nn.lower_conv(ctx, node, epilogue, g, values, schedule)]
 
 
 # -- what ran where --------------------------------------------------------------------------
