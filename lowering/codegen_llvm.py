@@ -10,6 +10,12 @@ outlined into a chunk function (``noalias`` arguments, ``[begin, end)``) called 
 that ``GOMP_parallel`` runs on every thread with a static partition of the iteration space
 (``threads == 1`` calls the chunk directly; without OpenMP the loop runs serially).  Fast-math
 flags are only those listed on the kernel.
+
+A ``BoundsCheck`` (checked mode) compares every lane of its index, as i64, with the extent
+(unsigned, so negative indices fail too); on failure a cold block claims the error record
+with an atomic compare-and-swap on its site slot (the first failure wins, even among threads),
+writes the index, frees the live heap scratch and returns.  After a parallel loop containing
+checks, the kernel returns as well if the record holds a failure.
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ from lowering.loop_ir import (
     Allocate,
     Assign,
     Binary,
+    BoundsCheck,
     Broadcast,
     Buffer,
     Call,
@@ -66,7 +73,7 @@ from lowering.loop_ir import (
     value_type,
 )
 from lowering.microkernels import Microkernel
-from lowering.traversal import allocated_buffers, buffers_used, free_vars
+from lowering.traversal import allocated_buffers, buffers_used, free_vars, walk
 from lowering.vectorize import vectorize_loops
 from lowering.verifier import verify_kernel
 from lpjit.errors import CodegenError
@@ -157,6 +164,7 @@ class _FunctionEmitter:
         self.values: dict[Var, ir.Value] = {}
         self.locals: dict[Var, ir.Value] = {}
         self.buffers: dict[int, ir.Value] = {}
+        self.heap: list[ir.Value] = []           # live heap scratch, freed when leaving early
         self.threads: ir.Value = ir.Constant(I32, 1)
 
     def finish(self) -> None:
@@ -359,9 +367,61 @@ class _FunctionEmitter:
             free = self.ctx.intrinsic("free", ir.VoidType(), [PTR])
             size = ir.Constant(I64, (nbytes + 63) // 64 * 64)
             self.buffers[id(b)] = self.builder.call(malloc, [ir.Constant(I64, 64), size])
+            self.heap.append(self.buffers[id(b)])
             self.stmt(s.body)
+            self.heap.pop()
             self.builder.call(free, [self.buffers[id(b)]])
         del self.buffers[id(b)]
+
+    # -- checked mode ------------------------------------------------------------------------
+    def bounds_check(self, s: BoundsCheck) -> None:
+        """Leave the kernel, recording ``s.site`` and the index, if any lane is out of range."""
+        bld = self.builder
+        index = self.to_i64(self.expr(s.index))
+        bad = bld.icmp_unsigned(">=", index, constant(index.type, s.buffer.shape[s.dim]))
+        lanes = index.type.count if isinstance(index.type, ir.VectorType) else 1
+        failed = bad if lanes == 1 else bld.icmp_unsigned(
+            "!=", bld.bitcast(bad, ir.IntType(lanes)), ir.Constant(ir.IntType(lanes), 0))
+        fail_block = self.function.append_basic_block("bounds.fail")
+        ok_block = self.function.append_basic_block("bounds.ok")
+        bld.cbranch(failed, fail_block, ok_block)
+        bld.position_at_end(fail_block)
+        value = index
+        if lanes > 1:      # the first failing lane's index
+            value = bld.extract_element(index, ir.Constant(I32, lanes - 1))
+            for lane in reversed(range(lanes - 1)):
+                at = ir.Constant(I32, lane)
+                value = bld.select(bld.extract_element(bad, at),
+                                   bld.extract_element(index, at), value)
+        self.record_failure(s.record, s.site, value)
+        bld.position_at_end(ok_block)
+
+    def record_failure(self, record: Buffer, site: int, index: ir.Value) -> None:
+        """Claim the error record (if still free), write the index there, leave."""
+        bld = self.builder
+        claim = bld.cmpxchg(self.element_pointer(record, ir.Constant(I64, 0)),
+                            ir.Constant(I64, 0), ir.Constant(I64, site), "monotonic")
+        with bld.if_then(bld.extract_value(claim, 1)):
+            _store(bld, index, self.element_pointer(record, ir.Constant(I64, 1)), 8)
+        self.leave()
+
+    def leave(self) -> None:
+        """Return from the function early: free the live heap scratch, ``ret void``."""
+        free = self.ctx.intrinsic("free", ir.VoidType(), [PTR])
+        for pointer in reversed(self.heap):
+            self.builder.call(free, [pointer])
+        self.builder.ret_void()
+
+    def leave_if_failed(self, record: Buffer) -> None:
+        """Return early when the error record holds a failure (after a parallel loop)."""
+        bld = self.builder
+        site = bld.load(self.element_pointer(record, ir.Constant(I64, 0)), typ=I64)
+        fail_block = self.function.append_basic_block("bounds.failed")
+        ok_block = self.function.append_basic_block("bounds.ok")
+        bld.cbranch(bld.icmp_unsigned("!=", site, ir.Constant(I64, 0)), fail_block, ok_block)
+        bld.position_at_end(fail_block)
+        self.leave()
+        bld.position_at_end(ok_block)
 
     # -- expressions -------------------------------------------------------------------------
     def binary(self, e: Binary) -> ir.Value:
@@ -452,6 +512,7 @@ _STMTS = {
     Assign: lambda g, s: _store(g.builder, g.expr(s.value), g.locals[s.var], 0),
     If: _FunctionEmitter.if_stmt,
     Allocate: _FunctionEmitter.allocate,
+    BoundsCheck: _FunctionEmitter.bounds_check,
 }
 
 
@@ -488,6 +549,9 @@ class _ParallelOutliner:
                 gomp = parent.ctx.intrinsic("GOMP_parallel", ir.VoidType(),
                                             [PTR, PTR, I32, I32])
                 bld.call(gomp, [worker, context, parent.threads, ir.Constant(I32, 0)])
+        checks = [n for n in walk(self.loop.body) if isinstance(n, BoundsCheck)]
+        if checks:
+            parent.leave_if_failed(checks[0].record)
 
     def chunk_function(self) -> ir.Function:
         """``void chunk(ptr noalias bufs..., vars..., i64 begin, i64 end)`` running the loop."""

@@ -131,11 +131,19 @@ _RULES: dict[type, Callable[[Expr, Mapping[Var, Interval]], Interval]] = {
 
 
 def bounds(e: Expr, env: Mapping[Var, Interval]) -> Interval:
-    """A range containing every value (every lane) of integer expression ``e``."""
+    """A range containing every value (every lane) of integer expression ``e``.
+
+    Arithmetic wraps: a result the exact interval puts outside ``e``'s type can be anything
+    in the type (``i * 2**62 >> 62`` over ``i`` in [0, 3] is -2 at ``i = 2``, not in [0, 3]).
+    """
     if isinstance(e, Shuffle):
         result = bounds(e.vectors[0], env)
         for v in e.vectors[1:]:
             result = result.union(bounds(v, env))
         return result
     rule = _RULES.get(type(e))
-    return rule(e, env) if rule is not None else _type_range(e)
+    if rule is None:
+        return _type_range(e)
+    result, whole = rule(e, env), _type_range(e)
+    fits = whole.lo <= result.lo and result.hi <= whole.hi
+    return result if fits or not whole.is_finite else whole

@@ -213,7 +213,8 @@ def vectorized(width: int) -> LoopKind:
 # Buffers
 # ----------------------------------------------------------------------------------------------
 
-BUFFER_ROLES = ("input", "output", "constant", "scratch")
+BUFFER_ROLES = ("input", "output", "constant", "scratch", "error")
+"""``error``: the error record of a checked kernel (see ``BoundsCheck``), owned by its caller."""
 
 
 def contiguous_strides(shape: Sequence[int]) -> tuple[int, ...]:
@@ -622,6 +623,28 @@ class Allocate(Stmt):
 
     buffer: Buffer
     body: Stmt
+
+
+ERROR_RECORD_SLOTS = 3       # i64 slots of an error record: site, index, step
+
+
+@attrs.frozen(eq=False, repr=False)
+class BoundsCheck(Stmt):
+    """Checked mode: leave the kernel unless every lane of ``index`` lies in dimension ``dim``
+    of ``buffer``, i.e. in ``[0, buffer.shape[dim])``.
+
+    On a violation, unless a failure is recorded already, ``record`` (an ``error`` buffer,
+    i64[3]) receives ``record[0] = site`` and ``record[1] =`` the first failing lane's index;
+    then the kernel returns at once (the other chunks of a parallel loop finish theirs, and
+    the kernel returns after the loop).  ``lowering.bounds_checks`` inserts these before
+    every ``Load`` and ``Store``.
+    """
+
+    buffer: Buffer
+    dim: int
+    index: Expr
+    record: Buffer
+    site: int
 
 
 # ----------------------------------------------------------------------------------------------

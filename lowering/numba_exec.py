@@ -9,6 +9,8 @@ code generator, so tests that run a kernel on both catch a code generation bug.
 * A vector value is a small numpy array computed lane by lane with the *same* scalar rules:
   ``materialize`` emits ``t = np.empty(lanes); for k in range(lanes): t[k] = <lane k>``.  A
   vector store first materializes its value, so every lane is read before any is written.
+* A ``BoundsCheck`` (checked mode) tests each lane of its index and, on failure, writes the
+  error record (if still free) and ``return``s, as the native code does.
 * Parallel and vectorized loops run serially; f16 buffers are held as f32 and every store
   rounds to the nearest f16.  Helpers (``_rsat``, ``_dot_pairs``, ...) in ``numba_helpers``
   give casts, reductions and microkernels their meaning.
@@ -30,10 +32,12 @@ import numpy as np
 
 from lowering import numba_helpers as helpers
 from lowering.abi import bind_arguments
+from lowering.bounds_checks import raise_recorded_failure
 from lowering.loop_ir import (
     Allocate,
     Assign,
     Binary,
+    BoundsCheck,
     Broadcast,
     Buffer,
     Call,
@@ -213,6 +217,27 @@ class _SourceEmitter:
         self.bind(s.var, s.value if isinstance(s, Let) else s.init)
         self.stmt(s.body)
 
+    def bounds_check(self, s: BoundsCheck) -> None:
+        """``if not 0 <= index < extent: record the failure; return`` for each lane."""
+        extent, record = s.buffer.shape[s.dim], self.name(s.record.root)
+        lanes = s.index.type.lanes
+        if lanes == 1:
+            index = self.temporary("x")
+            self.emit(f"{index} = np.int64({self.expr(s.index)})")
+        else:
+            vector, k = self.materialize(s.index), self.temporary("k")
+            index = self.temporary("x")
+            self.emit(f"for {k} in range({lanes}):")
+            self.indent += 1
+            self.emit(f"{index} = np.int64({vector}[{k}])")
+        self.emit(f"if {index} < 0 or {index} >= {extent}:")
+        self.emit(f"    if {record}[0] == 0:")
+        self.emit(f"        {record}[0] = {s.site}")
+        self.emit(f"        {record}[1] = {index}")
+        self.emit("    return")
+        if lanes > 1:
+            self.indent -= 1
+
     def allocate(self, s: Allocate) -> None:
         b = s.buffer
         dtype = "np.float32" if b.dtype == f16 else _np(b.dtype)
@@ -362,6 +387,7 @@ _STMTS: dict[type, Callable[[_SourceEmitter, Stmt], None]] = {
     Assign: lambda g, s: g.bind(s.var, s.value),
     If: _SourceEmitter.if_stmt,
     Allocate: _SourceEmitter.allocate,
+    BoundsCheck: _SourceEmitter.bounds_check,
 }
 
 _EXPRS: dict[type, Callable[[_SourceEmitter, Expr], str]] = {
@@ -421,6 +447,7 @@ class NumbaKernel:
         self.function(*call_args)
         for target, wide in writebacks:
             target[...] = wide.astype(np.float16)
+        raise_recorded_failure(self.kernel, bound)
 
 
 def compile_numba(kernel: Kernel, verify: bool = True) -> NumbaKernel:

@@ -21,6 +21,7 @@ from lowering.loop_ir import (
     Allocate,
     Assign,
     Binary,
+    BoundsCheck,
     Broadcast,
     Buffer,
     Call,
@@ -213,7 +214,14 @@ _STMT_PRINTERS: dict[type, Callable[[Printer, Stmt, int], list[str]]] = {
     If: _if,
     Allocate: lambda p, s, ind: [f"{_pad(ind)}allocate {p.buffer_decl(s.buffer)}"]
     + p.stmt(s.body, ind),
+    BoundsCheck: lambda p, s, ind: [
+        (f"{_pad(ind)}check 0 <= {p.expr(s.index)} < {_extent(s.buffer, s.dim)}"
+         f"  # {s.buffer.name} dim {s.dim}, site {s.site} -> {s.record.name}")],
 }
+
+
+def _extent(buffer: Buffer, dim: int) -> str:
+    return str(buffer.shape[dim]) if 0 <= dim < buffer.rank else "?"
 
 
 def print_expr(e: Expr) -> str:

@@ -15,6 +15,7 @@ import attrs
 
 from lowering.loop_ir import (
     Allocate,
+    BoundsCheck,
     Buffer,
     Expr,
     For,
@@ -119,13 +120,16 @@ def free_vars(node: Expr | Stmt) -> list[Var]:
 
 
 def buffers_used(node: Expr | Stmt) -> list[Buffer]:
-    """Buffers loaded, stored or allocated in ``node``, in first-use order."""
+    """Buffers loaded, stored or allocated in ``node``, and the error records its bounds
+    checks write, in first-use order."""
     out: list[Buffer] = []
     seen: set[int] = set()
     for n in walk(node):
-        if isinstance(n, (Load, Store, Allocate)) and id(n.buffer) not in seen:
-            seen.add(id(n.buffer))
-            out.append(n.buffer)
+        used = n.record if isinstance(n, BoundsCheck) else (
+            n.buffer if isinstance(n, (Load, Store, Allocate)) else None)
+        if used is not None and id(used) not in seen:
+            seen.add(id(used))
+            out.append(used)
     return out
 
 

@@ -25,6 +25,7 @@ from lowering.loop_ir import (
     Allocate,
     Assign,
     Binary,
+    BoundsCheck,
     Broadcast,
     Call,
     Cast,
@@ -153,6 +154,11 @@ class _Widen:
     def seq(self, s: Seq) -> Stmt:
         return Seq(tuple(self.stmt(x) for x in s.stmts))
 
+    def bounds_check(self, s: BoundsCheck) -> Stmt:
+        """A check of a widened index checks every lane."""
+        index = self.expr(s.index)
+        return s if index is s.index else attrs.evolve(s, index=index)
+
     # -- expressions -----------------------------------------------------------------------
     def expr(self, e: Expr) -> Expr:
         key = id(e)
@@ -230,6 +236,7 @@ def _fold_ramp(op: str, a: Expr, b: Expr) -> Expr | None:
 _STMT_RULES: dict[type, Callable[[_Widen, Stmt], Stmt]] = {
     Store: _Widen.store, For: _Widen.loop_stmt, Let: _Widen.let, LocalVar: _Widen.local,
     Assign: _Widen.assign, If: _Widen.if_stmt, Seq: _Widen.seq,
+    BoundsCheck: _Widen.bounds_check,
 }
 
 _EXPR_RULES: dict[type, Callable[[_Widen, Expr], Expr]] = {

@@ -13,6 +13,9 @@ and the offending statement):
 5. Static bounds: each index's interval (over loop extents, ``Let`` values and the guards of
    enclosing ``If`` statements) lies inside its dimension wherever it is finite.
 6. A kernel with fast-math flags does not round floats to integers.
+7. A ``BoundsCheck`` (checked mode) has an integer index for a dimension of its buffer and
+   reports to an ``error`` record parameter (i64[3]); its index is not bounded statically
+   (guarding indices that may fail is its purpose).  Nothing ``Store``s to an error record.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from lowering.loop_ir import (
     BINARY_OPS,
     CAST_MODES,
     COMPARE_OPS,
+    ERROR_RECORD_SLOTS,
     FAST_MATH_FLAGS,
     INT_ONLY_BINARY_OPS,
     LOOP_KINDS,
@@ -34,6 +38,7 @@ from lowering.loop_ir import (
     Allocate,
     Assign,
     Binary,
+    BoundsCheck,
     Broadcast,
     Buffer,
     Call,
@@ -113,9 +118,10 @@ class _Verifier:
                 continue
             # Program-level kernels also take constant buffers (weights) and scratch buffers
             # (intermediates in the arena) as parameters.
-            if p.role not in ("input", "output", "constant", "scratch"):
+            if p.role not in ("input", "output", "constant", "scratch", "error"):
                 raise self.fail(f"parameter buffer '{p.name}' has role '{p.role}'; "
-                                "expected 'input', 'output', 'constant' or 'scratch'")
+                                "expected 'input', 'output', 'constant', 'scratch' or "
+                                "'error'")
             if id(p.root) in roots and id(p.root) in stored:
                 raise self.fail(f"parameter buffers share memory ('{p.name}') and one of "
                                 "them is written (noalias would be violated)")
@@ -209,7 +215,7 @@ def _rounds_to_integer(node: object) -> bool:
 # -- statement rules ---------------------------------------------------------------------------
 
 def _store(v: _Verifier, s: Store) -> None:
-    if s.buffer.root.role in ("input", "constant"):
+    if s.buffer.root.role in ("input", "constant", "error"):
         raise _Failure(f"store to {s.buffer.root.role} buffer '{s.buffer.name}'")
     lanes = v.access(s.buffer, s.indices)
     v.value_of(s.value, value_type(s.buffer.dtype).with_lanes(lanes))
@@ -306,6 +312,23 @@ def _allocate(v: _Verifier, s: Allocate) -> None:
         v.buffers.discard(id(b))
 
 
+def _bounds_check(v: _Verifier, s: BoundsCheck) -> None:
+    record = s.record
+    if record.role != "error" or id(record.root) not in v.buffers or record.dtype != i64 \
+            or record.shape != (ERROR_RECORD_SLOTS,):
+        raise _Failure(f"bounds check reports to '{record.name}', which is not an error "
+                       "record parameter (role 'error', i64[3])")
+    if not 0 <= s.dim < s.buffer.rank:
+        raise _Failure(f"bounds check of dimension {s.dim} of '{s.buffer.name}', which has "
+                       f"rank {s.buffer.rank}")
+    if s.site < 1:
+        raise _Failure(f"bounds check site {s.site} must be positive")
+    v.expr(s.index)
+    if not s.index.type.elem.is_int:
+        raise _Failure(f"bounds check index {v.show(s.index)} has type {s.index.type}; "
+                       "expected an integer")
+
+
 def _seq(v: _Verifier, s: Seq) -> None:
     for child in s.stmts:
         v.stmt(child)
@@ -313,7 +336,7 @@ def _seq(v: _Verifier, s: Seq) -> None:
 
 _STMT_RULES: dict[type, Callable[[_Verifier, Stmt], None]] = {
     Store: _store, For: _for, Let: _let, LocalVar: _local, Assign: _assign, If: _if,
-    Allocate: _allocate, Seq: _seq,
+    Allocate: _allocate, Seq: _seq, BoundsCheck: _bounds_check,
 }
 
 

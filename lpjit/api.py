@@ -9,14 +9,16 @@ threads at once.
 
 from __future__ import annotations
 
+import functools
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import attrs
 import numpy as np
 
+from lowering.bounds_checks import program_bounds_error, program_record
 from lpjit.errors import InputError
 from lpjit.frontend import read_ir
 from lpjit.graph import Graph
@@ -30,7 +32,8 @@ IRSource = str | Path | bytes | Graph
 def compile(ir: IRSource, *, weights: bytes | str | Path | None = None,
             shapes: Mapping[str, Sequence[int]] | None = None, threads: int | None = None,
             low_precision: bool = True, dump_dir: str | Path | None = None,
-            verify: bool = False, progress: Progress | None = None) -> CompiledModel:
+            verify: bool = False, progress: Progress | None = None,
+            checks: bool = False) -> CompiledModel:
     """Compile an OpenVINO IR for this CPU and return a callable ``CompiledModel``.
 
     ``ir`` is a path to an ``.xml`` (its ``.bin`` beside it), XML text (with ``weights=``, the
@@ -41,14 +44,18 @@ def compile(ir: IRSource, *, weights: bytes | str | Path | None = None,
     integer code and keeps compressed weights low precision; ``False`` executes every
     FakeQuantize as float arithmetic (see ``CompiledModel.precision_report``).  ``dump_dir`` receives the
     IR after every pipeline step, ``verify`` runs every step's verifier, ``progress`` is called
-    as steps start and end (see ``lpjit.pipeline.Progress``).
+    as steps start and end (see ``lpjit.pipeline.Progress``).  ``checks`` compiles in
+    checked mode: every memory access of the generated code is guarded at run time, and an
+    index outside its buffer stops the run before the access and raises ``BoundsError``
+    naming the kernel, its layers, the buffer, the dimension and the index (slower code; for
+    testing the compiler).
     """
     graph = _read(ir, weights, shapes)
     if threads is None:
         threads = os.cpu_count() or 1
     if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
         raise InputError(f"threads={threads!r} is invalid; expected a positive integer")
-    options = CompileOptions(threads=threads, low_precision=low_precision)
+    options = CompileOptions(threads=threads, low_precision=low_precision, checks=checks)
     runner = PassRunner(verify=verify, dump_dir=dump_dir, progress=progress)
     return CompiledModel(compile_graph(graph, options, runner))
 
@@ -186,7 +193,8 @@ class CompiledModel(ModelInterface):
             library.function_address(compilation.module.entry),
             [BufferSpec.of(b) for b in program.inputs],
             [BufferSpec.of(b) for b in program.outputs],
-            compilation.plan.arena_bytes, self.threads, owner=library)
+            compilation.plan.arena_bytes, self.threads, owner=library,
+            failure=_failure_decoder(program))
 
     # -- inspection ------------------------------------------------------------------------
     @property
@@ -245,6 +253,13 @@ class CompiledModel(ModelInterface):
         return (f"<CompiledModel '{self.name}'\n  inputs:  {ins}\n  outputs: {outs}\n"
                 f"  target:  {self.target}, threads={self.threads}, "
                 f"arena={self.arena_bytes} bytes>")
+
+
+def _failure_decoder(program) -> Callable[[np.ndarray], Exception | None] | None:
+    """For a checked program, the function that reads its error record after a run."""
+    if program_record(program) is None:
+        return None
+    return functools.partial(program_bounds_error, program)
 
 
 def _checked_input(info: TensorInfo, value: Any) -> np.ndarray:

@@ -63,6 +63,11 @@ class CodegenError(LpjitError):
     """LLVM code generation or compilation failed."""
 
 
+class BoundsError(LpjitError):
+    """Checked mode (``lpjit.compile(..., checks=True)``) caught a kernel indexing outside a
+    buffer, before the access: a compiler bug, reported with the kernel, layers and index."""
+
+
 class InputError(LpjitError):
     """A runtime input is wrong: missing, extra, wrong shape, dtype or layout."""
 

@@ -1,7 +1,8 @@
 """The compile pipeline: Graph -> graph passes -> loop IR -> memory plan -> LLVM -> machine code.
 
 ``compile_graph`` reads top to bottom.  The graph passes are the literal tuple
-``GRAPH_PASSES``; every stage (each graph pass, then ``lower_graph_to_loops``, ``plan_memory``,
+``GRAPH_PASSES``; every stage (each graph pass, then ``lower_graph_to_loops``, in checked mode
+``insert_bounds_checks``, ``plan_memory``,
 ``lower_program_to_llvm``, ``compile_llvm``) runs through one ``PassRunner``, which names and
 times it, reports it to an optional progress callback, verifies its result when asked (the
 tests do), and can write the IR after each step to a directory (``01-fold_constants.graph``,
@@ -18,6 +19,7 @@ from typing import TypeVar
 
 import attrs
 
+from lowering.bounds_checks import insert_program_bounds_checks
 from lowering.lower_graph import LoweringOptions, lower_graph_to_loops
 from lowering.program import Program, print_program
 from lowering.target import Target
@@ -41,12 +43,14 @@ class CompileOptions:
     ``threads``: OpenMP team size (1 = no parallel loops); ``low_precision``: run quantized
     subgraphs in integer code (``LOW_PRECISION_PIPELINE`` first; False executes FakeQuantize
     as float arithmetic, as a device without INT8 support does); ``target``: the CPU to
-    generate code for (the host, for the JIT).
+    generate code for (the host, for the JIT); ``checks``: checked mode, every memory access
+    guarded at run time (``insert_program_bounds_checks``; a violation raises ``BoundsError``).
     """
 
     threads: int = 1
     low_precision: bool = True
     target: Target = attrs.field(factory=Target.host)
+    checks: bool = False
 
 
 @attrs.frozen
@@ -157,6 +161,10 @@ def compile_graph(graph: Graph, options: CompileOptions = CompileOptions(),
     program = runner.run("lower_graph_to_loops",
                          lambda: lower_graph_to_loops(graph, lowering_options),
                          verifier=verify_program, dumps=(("loops", print_program),))
+    if options.checks:
+        program = runner.run("insert_bounds_checks",
+                             lambda: insert_program_bounds_checks(program),
+                             verifier=verify_program, dumps=(("loops", print_program),))
     plan = runner.run("plan_memory", lambda: plan_memory(program),
                       verifier=lambda p: verify_memory_plan(p, program),
                       dumps=(("memory", print_memory_plan),))

@@ -13,6 +13,11 @@ buffer parameter: an input or output pointer from the arrays, ``arena + offset``
 and for a view the pointer of the buffer that owns its memory (kernels add the view offset).
 One call runs the whole model: no Python between the kernels.  Kernels are ``noinline``: the
 entry stays a list of calls (each kernel compiled once, a clear boundary for profiles).
+
+A checked program (``lowering.bounds_checks``) has an error record, which lives right after
+the arena (``arena + plan.arena_bytes``; the caller provides ``RECORD_BYTES`` more): the entry
+clears its site slot first, and after each kernel that reports a failure there it writes the
+step's index into the record and returns without running the remaining steps.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from __future__ import annotations
 import attrs
 from llvmlite import ir
 
+from lowering.bounds_checks import SITE, STEP, program_record, record_of
 from lowering.codegen_llvm import CodegenOptions, LoweredModule, lower_kernels_to_llvm
 from lowering.codegen_ops import I8, I32, I64, PTR
 from lowering.loop_ir import Buffer, Kernel
@@ -77,7 +83,10 @@ def emit_entry_point(module: ir.Module, program: Program, plan: MemoryPlan,
         arg.name = arg_name
     builder = ir.IRBuilder(fn.append_basic_block("entry"))
     pointers = _RootPointers(builder, program, plan, inputs, outputs, arena)
-    for step in program.steps:
+    record = program_record(program)
+    if record is not None:
+        _store_slot(builder, pointers.of(record), SITE, 0)
+    for index, step in enumerate(program.steps):
         kernel = step.kernel
         callee = module.get_global(kernel.name)
         if not isinstance(callee, ir.Function):
@@ -87,8 +96,27 @@ def emit_entry_point(module: ir.Module, program: Program, plan: MemoryPlan,
                                "takes scalar parameters; program kernels take buffers only")
         callee.attributes.add("noinline")  # one copy of each kernel, a boundary per step
         builder.call(callee, [pointers.of(b) for b in kernel.buffer_params] + [threads])
+        if record_of(kernel) is not None:
+            _return_if_failed(builder, pointers.of(record_of(kernel)), index)
     builder.ret_void()
     return fn
+
+
+def _slot(builder: ir.IRBuilder, record: ir.Value, slot: int) -> ir.Value:
+    return builder.gep(record, [ir.Constant(I64, slot)], source_etype=I64)
+
+
+def _store_slot(builder: ir.IRBuilder, record: ir.Value, slot: int, value: int) -> None:
+    builder.store(ir.Constant(I64, value), _slot(builder, record, slot))
+
+
+def _return_if_failed(builder: ir.IRBuilder, record: ir.Value, step: int) -> None:
+    """After step ``step``: if its kernel recorded a failure, note the step and return."""
+    site = builder.load(_slot(builder, record, SITE), typ=I64)
+    failed = builder.icmp_unsigned("!=", site, ir.Constant(I64, 0))
+    with builder.if_then(failed, likely=False):
+        _store_slot(builder, record, STEP, step)
+        builder.ret_void()
 
 
 class _RootPointers:
@@ -120,6 +148,9 @@ class _RootPointers:
             return bld.load(slot, typ=PTR, name=root.name)
         if root.role == "scratch":
             offset = ir.Constant(I64, self.plan.offset(root))
+            return bld.gep(self.arena, [offset], source_etype=I8, name=root.name)
+        if root.role == "error":
+            offset = ir.Constant(I64, self.plan.arena_bytes)
             return bld.gep(self.arena, [offset], source_etype=I8, name=root.name)
         raise CodegenError(f"entry point: buffer '{root.name}' has role '{root.role}', which "
                            "a kernel cannot take as a parameter")

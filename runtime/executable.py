@@ -7,18 +7,20 @@ memory), so concurrent calls from several Python threads share nothing; ctypes r
 GIL for the duration of the native call.
 Alignment requests beyond 64 bytes are not supported (nothing asks for them).
 The object that owns the machine code (a JIT library today, a loaded ``.so`` later) is kept
-alive in ``owner``.
+alive in ``owner``.  A checked program's error record follows the arena (``RECORD_BYTES``);
+after each call ``failure(record)`` turns a recorded failure into the exception ``run`` raises.
 """
 
 from __future__ import annotations
 
 import ctypes
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import attrs
 import numpy as np
 
+from lowering.bounds_checks import RECORD_BYTES, RECORD_SLOTS
 from lowering.loop_ir import Buffer
 from lpjit.errors import InputError
 from runtime.memory import ALIGNMENT, align_up
@@ -65,16 +67,18 @@ class Executable:
     """
 
     def __init__(self, address: int, inputs: Sequence[BufferSpec], outputs: Sequence[BufferSpec],
-                 arena_bytes: int, threads: int, owner: object) -> None:
+                 arena_bytes: int, threads: int, owner: object,
+                 failure: Callable[[np.ndarray], Exception | None] | None = None) -> None:
         self.inputs, self.outputs = tuple(inputs), tuple(outputs)
         self.arena_bytes, self.threads = arena_bytes, threads
-        self.address, self.owner = address, owner
+        self.address, self.owner, self.failure = address, owner, failure
         self._entry = EntryFunction(address)
         self._output_offsets, self._outputs_bytes = _layout(
             [spec.nbytes for spec in self.outputs])
         self._pointers = len(self.inputs) + len(self.outputs)
         self._arena_offset = align_up(8 * self._pointers)
-        self._scratch_bytes = self._arena_offset + arena_bytes
+        self._record_offset = self._arena_offset + arena_bytes
+        self._scratch_bytes = self._record_offset + (RECORD_BYTES if failure else 0)
         self._per_thread = threading.local()
 
     def run(self, arrays: Sequence[np.ndarray], threads: int | None = None) -> list[np.ndarray]:
@@ -93,6 +97,11 @@ class Executable:
         team = self.threads if threads is None else threads
         self._entry(scratch_base, scratch_base + 8 * len(inputs),
                     scratch_base + self._arena_offset, team)
+        if self.failure is not None:
+            record = scratch[self._record_offset:self._record_offset + 8 * RECORD_SLOTS]
+            error = self.failure(record.view(np.int64))
+            if error is not None:
+                raise error
         return results
 
     def _scratch_block(self) -> tuple[np.ndarray, int]:

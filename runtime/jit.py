@@ -24,6 +24,7 @@ import numpy as np
 from llvmlite import ir
 
 from lowering.abi import bind_arguments
+from lowering.bounds_checks import raise_recorded_failure
 from lowering.codegen_llvm import CodegenOptions, LoweredModule, lower_kernels_to_llvm
 from lowering.loop_ir import Buffer, Kernel
 from lpjit.errors import CodegenError
@@ -229,6 +230,7 @@ class KernelFunction:
                for value in bound]
         team = (os.cpu_count() or 1) if threads is None else int(threads)
         self._function(*raw, team)
+        raise_recorded_failure(self.kernel, bound)
 
     def __repr__(self) -> str:
         return f"<KernelFunction {self.kernel.name} at {self.address:#x}>"
