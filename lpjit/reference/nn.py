@@ -33,13 +33,15 @@ def sliding_windows(x: np.ndarray, kernel: Sequence[int], strides: Sequence[int]
                     dilations: Sequence[int], out: Sequence[int]) -> np.ndarray:
     """Read-only view ``[N, C, *out, *kernel]`` of the windows of the (padded) input ``x``.
 
-    ``x`` must already extend to the end of the last window.
+    ``x`` must already extend to the end of the last window.  An axis with one window (or a
+    kernel of one) never steps, so its stride (or dilation) is not used: it may be any size.
     """
     n = len(kernel)
     spatial_strides = x.strides[2:]
     shape = (*x.shape[:2], *out, *kernel)
-    strides = (*x.strides[:2], *(st * s for st, s in zip(spatial_strides, strides)),
-               *(st * d for st, d in zip(spatial_strides, dilations)))
+    strides = (*x.strides[:2],
+               *(st * s if o > 1 else 0 for st, s, o in zip(spatial_strides, strides, out)),
+               *(st * d if k > 1 else 0 for st, d, k in zip(spatial_strides, dilations, kernel)))
     assert len(shape) == 2 + 2 * n
     return np.lib.stride_tricks.as_strided(x, shape, strides, writeable=False)
 
@@ -136,8 +138,9 @@ def _max_pool_v8(node: nn.MaxPoolV8, x: np.ndarray) -> tuple[np.ndarray, np.ndar
     in_padding = np.zeros(values.shape, bool)
     for axis, (k_index, s, d, pb) in enumerate(zip(position, node.strides, node.dilations,
                                                    node.pads_begin)):
-        start = np.arange(out[axis]) * s - pb
-        coordinate = start.reshape((-1,) + (1,) * (len(out) - axis - 1)) + k_index * d
+        step, dilation = (s if out[axis] > 1 else 0), (d if node.kernel[axis] > 1 else 0)
+        start = np.arange(out[axis]) * step - pb
+        coordinate = start.reshape((-1,) + (1,) * (len(out) - axis - 1)) + k_index * dilation
         in_padding |= (coordinate < 0) | (coordinate >= spatial[axis])
         index = index * spatial[axis] + coordinate
     index = np.where(in_padding, 0, index)

@@ -13,7 +13,7 @@ import numpy as np
 import openvino as ov
 import oracle
 import pytest
-from openvino import opset1, opset11
+from openvino import opset1, opset8, opset11
 
 import lpjit
 from fuzz import runner
@@ -150,3 +150,32 @@ def test_pool_of_a_constant_with_a_huge_window_is_not_folded_while_reading(tmp_p
         graph = lpjit.read_ir(huge, weights)
     assert [n.kind for n in graph.nodes] == ["Constant", "MaxPoolV1", "Result"]
     assert graph.nodes[1].pads_begin == (2147483647, 0)
+
+
+@pytest.mark.parametrize("stride", ["9223372036854775808", "18446744073709551616"])
+def test_convolution_with_a_stride_past_int64_runs_its_single_window(tmp_path, stride):
+    """Was: OverflowError 'Python int too large to convert to C long' from the reference's
+    strided window view.  A stride larger than the input gives one window, as stride 10 does."""
+    rng = np.random.default_rng(9)
+    x = opset1.parameter([1, 3, 5, 5], np.float32, name="x")
+    w = opset1.constant(rng.standard_normal((4, 3, 3, 3)).astype(np.float32))
+    conv = opset1.convolution(x, w, [10, 10], [1, 1], [1, 1], [1, 1], name="conv")
+    text, weights = saved(ov.Model([conv], [x], "conv"), tmp_path)
+    data = rng.uniform(-2, 2, (1, 3, 5, 5)).astype(np.float32)
+    expected = reference.run(lpjit.read_ir(text, weights), [data])[0]
+    huge = lpjit.read_ir(edit(text, 'strides="10, 10"', f'strides="{stride}, {stride}"'),
+                         weights)
+    np.testing.assert_array_equal(reference.run(huge, [data])[0], expected)
+
+
+def test_max_pool_8_with_huge_stride_and_dilation_runs(tmp_path):
+    """The indices output of MaxPool-8 with a stride and a (kernel-1) dilation past int64."""
+    x = opset1.parameter([1, 2, 4, 4], np.float32, name="x")
+    pool = opset8.max_pool(x, [10, 10], [1, 1], [0, 0], [0, 0], [2, 1], name="mp")
+    text, weights = saved(ov.Model(pool.outputs(), [x], "pool"), tmp_path)
+    data = np.random.default_rng(4).uniform(-2, 2, (1, 2, 4, 4)).astype(np.float32)
+    expected = reference.run(lpjit.read_ir(text, weights), [data])
+    text = edit(text, 'strides="10, 10"', 'strides="18446744073709551616, 10"')
+    text = edit(text, 'dilations="1, 1"', 'dilations="1, 18446744073709551616"')
+    for actual, wanted in zip(reference.run(lpjit.read_ir(text, weights), [data]), expected):
+        np.testing.assert_array_equal(actual, wanted)
