@@ -8,13 +8,13 @@ __version__ = "0.1.0"
 
 # The compile API loads LLVM; it is imported on first use (which also keeps ``lowering``, which
 # imports ``lpjit``, free of an import cycle).
-_API = ("compile", "CompiledModel", "Outputs")
+_API = ("compile", "CompiledModel", "Outputs", "clear_cache")
 _EXPORT = {"export": "exporter", "ExportedLibrary": "exporter", "load_library": "library",
            "LoadedModel": "library"}
 
 
 def __getattr__(name: str):
-    """``lpjit.compile``, ``lpjit.CompiledModel`` and ``lpjit.Outputs`` from ``lpjit.api``;
+    """``lpjit.compile``, ``CompiledModel``, ``Outputs`` and ``clear_cache`` from ``lpjit.api``;
     ``lpjit.export`` / ``ExportedLibrary`` and ``lpjit.load_library`` / ``LoadedModel`` from
     ``lpjit.exporter`` and ``lpjit.library``."""
     if name in _API:

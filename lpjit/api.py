@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import os
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,12 +20,29 @@ import attrs
 import numpy as np
 
 from lowering.bounds_checks import program_bounds_error, program_record
-from lpjit.errors import InputError
+from lpjit.cache import (
+    CacheEntry,
+    CompileCache,
+    UncacheableError,
+    cache_for,
+    cache_key,
+    graph_digest,
+    ir_digest,
+)
+from lpjit.errors import CodegenError, InputError
 from lpjit.frontend import read_ir
 from lpjit.graph import Graph
 from lpjit.passes.report import PrecisionReport
-from lpjit.pipeline import Compilation, CompileOptions, PassRunner, Progress, compile_graph
+from lpjit.pipeline import (
+    Compilation,
+    CompileOptions,
+    PassRunner,
+    Progress,
+    StepRecord,
+    compile_graph,
+)
 from runtime.executable import BufferSpec, Executable
+from runtime.object_library import ObjectLibrary
 
 IRSource = str | Path | bytes | Graph
 
@@ -33,7 +51,7 @@ def compile(ir: IRSource, *, weights: bytes | str | Path | None = None,
             shapes: Mapping[str, Sequence[int]] | None = None, threads: int | None = None,
             low_precision: bool = True, dump_dir: str | Path | None = None,
             verify: bool = False, progress: Progress | None = None,
-            checks: bool = False) -> CompiledModel:
+            checks: bool = False, cache: bool | str | Path = True) -> CompiledModel:
     """Compile an OpenVINO IR for this CPU and return a callable ``CompiledModel``.
 
     ``ir`` is a path to an ``.xml`` (its ``.bin`` beside it), XML text (with ``weights=``, the
@@ -49,15 +67,74 @@ def compile(ir: IRSource, *, weights: bytes | str | Path | None = None,
     index outside its buffer stops the run before the access and raises ``BoundsError``
     naming the kernel, its layers, the buffer, the dimension and the index (slower code; for
     testing the compiler).
+
+    ``cache``: the on-disk compile cache (``lpjit.cache``).  ``True`` (default) uses
+    ``$LPJIT_CACHE_DIR``, else ``$XDG_CACHE_HOME/lpjit``, else ``~/.cache/lpjit``; a path
+    uses that directory; ``False`` neither reads nor writes it.  A hit loads the stored
+    machine code without compiling (``compiled.from_cache``); ``dump_dir``, ``verify`` and
+    ``checks`` always compile (and store the result).
     """
-    graph = _read(ir, weights, shapes)
+    store = cache_for(cache, os.environ)          # the one place the environment is read
     if threads is None:
         threads = os.cpu_count() or 1
     if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
         raise InputError(f"threads={threads!r} is invalid; expected a positive integer")
     options = CompileOptions(threads=threads, low_precision=low_precision, checks=checks)
     runner = PassRunner(verify=verify, dump_dir=dump_dir, progress=progress)
-    return CompiledModel(compile_graph(graph, options, runner))
+    use_cache = store is not None and not checks
+    key = _cache_key(ir, weights, shapes, options) if use_cache else None
+    if key is not None and dump_dir is None and not verify:
+        cached = _load_cached(store, key, lambda: compile_graph(_read(ir, weights, shapes),
+                                                                options), progress)
+        if cached is not None:
+            return cached
+    model = CompiledModel(compile_graph(_read(ir, weights, shapes), options, runner))
+    if key is not None:
+        model.cache_entry = store.store(key, model.cache_contents())
+    return model
+
+
+def clear_cache(cache: bool | str | Path = True) -> int:
+    """Remove every entry of the compile cache (``True``: the default directory, as for
+    ``compile``; or a directory); returns how many were removed."""
+    store = cache_for(cache, os.environ)
+    return store.clear() if store is not None else 0
+
+
+def _cache_key(ir: IRSource, weights, shapes, options: CompileOptions) -> str | None:
+    """The cache key of this compile, or None when the source cannot be hashed (a missing
+    file: the compile then reports it; a value without a canonical form)."""
+    if not isinstance(ir, (str, Path, bytes, bytearray, Graph)):
+        return None
+    try:
+        if isinstance(ir, Graph):
+            digest = graph_digest(_read(ir, weights, shapes))
+        else:
+            digest = ir_digest(ir, weights, shapes)
+        return cache_key(digest, options)
+    except (OSError, UncacheableError):
+        return None
+
+
+def _load_cached(store: CompileCache, key: str, recompile: Callable[[], Compilation],
+                 progress: Progress | None) -> CompiledModel | None:
+    """The model stored under ``key``, loaded without compiling, or None (miss).  A hit is
+    reported to ``progress`` as one step, ``load_from_cache``."""
+    start = time.perf_counter()
+    entry = store.load(key)
+    if entry is None or not isinstance(entry.description, ModelDescription):
+        return None
+    try:
+        library = ObjectLibrary(entry.code, entry.symbols, entry.externals)
+    except CodegenError:
+        return None
+    model = CompiledModel.from_library(entry.description, library, recompile)
+    model.cache_entry = store.entry_path(key)
+    if progress is not None:
+        progress("load_from_cache", 0, None)
+        progress("load_from_cache", 0, StepRecord("load_from_cache",
+                                                  time.perf_counter() - start))
+    return model
 
 
 def _read(ir: IRSource, weights: bytes | str | Path | None,
@@ -114,6 +191,42 @@ class MemoryReport:
         parts = ", ".join(f"{k}: {v} B" for k, v in self.weight_bytes.items())
         return (f"weights {self.total_weight_bytes} B ({parts or 'none'}), "
                 f"arena {self.arena_bytes} B")
+
+
+@attrs.frozen
+class ModelDescription:
+    """What a ``CompiledModel`` knows besides its machine code: its interface, the entry
+    point's buffers and arena, the reports and compile timings.  The compile cache stores it
+    beside the object code."""
+
+    name: str
+    inputs: tuple[TensorInfo, ...]
+    outputs: tuple[TensorInfo, ...]
+    input_buffers: tuple[BufferSpec, ...]
+    output_buffers: tuple[BufferSpec, ...]
+    arena_bytes: int
+    threads: int
+    entry: str
+    target: str
+    precision: PrecisionReport
+    memory: MemoryReport
+    timings: tuple[tuple[str, float], ...]
+
+    @classmethod
+    def of(cls, compilation: Compilation) -> ModelDescription:
+        graph, program = compilation.graph, compilation.program
+        inputs = tuple(TensorInfo(p.origin.name, b.shape, b.dtype.numpy, tuple(p.output.names))
+                       for p, b in zip(graph.parameters, program.inputs))
+        outputs = tuple(TensorInfo(r.names[0], b.shape, b.dtype.numpy,
+                                   (*r.names[1:], r.origin.name))
+                        for r, b in zip(graph.results, program.outputs))
+        return cls(graph.name, inputs, outputs, tuple(BufferSpec.of(b) for b in program.inputs),
+                   tuple(BufferSpec.of(b) for b in program.outputs),
+                   compilation.plan.arena_bytes, compilation.options.threads,
+                   compilation.module.entry, compilation.options.target.describe(),
+                   compilation.precision,
+                   MemoryReport.of(program, compilation.plan.arena_bytes),
+                   tuple((r.name, r.seconds) for r in compilation.records))
 
 
 class ModelInterface:
@@ -177,24 +290,55 @@ class CompiledModel(ModelInterface):
     non-contiguous arrays are copied.  Anything else raises ``InputError`` naming the input.
     """
 
+    from_cache = False
+    """True when the machine code was loaded from the compile cache, not compiled."""
+    cache_entry: Path | None = None
+    """The compile cache entry the model was stored to or loaded from (None: not cached)."""
+
     def __init__(self, compilation: Compilation) -> None:
-        self.compilation = compilation
-        graph, program = compilation.graph, compilation.program
-        self.name = graph.name
-        self.inputs = tuple(TensorInfo(p.origin.name, b.shape, b.dtype.numpy,
-                                       tuple(p.output.names))
-                            for p, b in zip(graph.parameters, program.inputs))
-        self.outputs = tuple(TensorInfo(r.names[0], b.shape, b.dtype.numpy,
-                                        (*r.names[1:], r.origin.name))
-                             for r, b in zip(graph.results, program.outputs))
-        self.threads = compilation.options.threads
-        library = compilation.library
+        self._compilation: Compilation | None = compilation
+        self._recompile: Callable[[], Compilation] | None = None
+        self._setup(ModelDescription.of(compilation), compilation.library,
+                    _failure_decoder(compilation.program))
+
+    @classmethod
+    def from_library(cls, description: ModelDescription, library: Any,
+                     recompile: Callable[[], Compilation]) -> CompiledModel:
+        """A model over machine code loaded from the compile cache (``library`` has
+        ``function_address``).  ``recompile()`` makes its ``Compilation`` when an inspection
+        method first needs it (``program``, ``graph``, ``llvm_ir``, profiling, pickling)."""
+        model = cls.__new__(cls)
+        model._compilation, model._recompile = None, recompile
+        model._setup(description, library, None)
+        model.from_cache = True
+        return model
+
+    def _setup(self, description: ModelDescription, library: Any,
+               failure: Callable[[np.ndarray], Exception | None] | None) -> None:
+        self.description = description
+        self.name, self.threads = description.name, description.threads
+        self.inputs, self.outputs = description.inputs, description.outputs
         self.executable = Executable(
-            library.function_address(compilation.module.entry),
-            [BufferSpec.of(b) for b in program.inputs],
-            [BufferSpec.of(b) for b in program.outputs],
-            compilation.plan.arena_bytes, self.threads, owner=library,
-            failure=_failure_decoder(program))
+            library.function_address(description.entry), description.input_buffers,
+            description.output_buffers, description.arena_bytes, self.threads,
+            owner=library, failure=failure)
+
+    @property
+    def compilation(self) -> Compilation:
+        """Everything the compile produced (a model loaded from the cache compiles its
+        source again on first use; pass ``cache=False`` when inspecting is the point)."""
+        if self._compilation is None:
+            self._compilation = self._recompile()
+        return self._compilation
+
+    def cache_contents(self) -> CacheEntry:
+        """What the compile cache stores: the description, the object code MCJIT loaded,
+        the constants it binds by symbol and the other symbols it calls."""
+        library = self.compilation.library
+        externals = tuple(f.name for f in library.module.functions
+                          if f.is_declaration and not f.name.startswith("llvm."))
+        symbols = library.lowered.symbols if library.lowered is not None else ()
+        return CacheEntry(self.description, library.object_code(), tuple(symbols), externals)
 
     # -- inspection ------------------------------------------------------------------------
     @property
@@ -211,25 +355,26 @@ class CompiledModel(ModelInterface):
     def arena_bytes(self) -> int:
         """Bytes of scratch memory (every intermediate tensor, placed by lifetime) that each
         calling thread holds."""
-        return self.compilation.plan.arena_bytes
+        return self.description.arena_bytes
 
     @property
     def target(self) -> str:
         """The CPU the code was generated for, with its main vector features."""
-        return self.compilation.options.target.describe()
+        return self.description.target
 
     def timings(self) -> dict[str, float]:
-        """Seconds spent in each compile step, in pipeline order."""
-        return {r.name: r.seconds for r in self.compilation.records}
+        """Seconds spent in each compile step, in pipeline order (for a model loaded from
+        the cache: the steps of the compile that made the code)."""
+        return dict(self.description.timings)
 
     def precision_report(self) -> PrecisionReport:
         """Every layer's precision (``u8 x i8 -> i32 -> f32`` or ``f32``) and, for every
         FakeQuantize or compressed weight left in float, the reason.  ``print()`` it."""
-        return self.compilation.precision
+        return self.description.precision
 
     def memory_report(self) -> MemoryReport:
         """Resident bytes: constants (weights) by element type, and the scratch arena."""
-        return MemoryReport.of(self.compilation.program, self.compilation.plan.arena_bytes)
+        return self.description.memory
 
     def llvm_ir(self) -> str:
         """The optimised LLVM IR of the whole model (every kernel and the entry point)."""

@@ -8,6 +8,7 @@ Subcommands:
   run       run a model on inputs from .npy files and write the outputs to an .npz
   compile   compile a model; ``--dump DIR`` writes every intermediate form
   export    compile a model ahead of time: lib<name>.so, <name>.h (C API), <name>.json
+  cache     the on-disk compile cache: ``cache info`` (where, how big), ``cache clear``
 
 Errors are printed as one line (``lpjit: error: ...``) with a non-zero exit code (1: the
 model or the inputs, 2: the command line, 3: an internal error); ``--debug`` shows the
@@ -106,6 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     _run_parser(sub)
     _compile_parser(sub)
     _export_parser(sub)
+    _cache_parser(sub)
     return parser
 
 
@@ -257,6 +259,19 @@ def _export_parser(sub) -> None:
                         help="show compile progress on stderr even when it is not a terminal")
 
 
+def _cache_parser(sub) -> None:
+    cache = _command(
+        sub, "cache", "show or clear the on-disk compile cache",
+        "lpjit.compile stores the machine code of every model it compiles in a cache "
+        "directory ($LPJIT_CACHE_DIR, else $XDG_CACHE_HOME/lpjit, else ~/.cache/lpjit) and "
+        "loads it instead of compiling the same IR with the same options again.  "
+        "`lpjit run` uses it; profile, compile and compare always compile.")
+    cache.add_argument("action", choices=("info", "clear"),
+                       help="info: directory, entries and size; clear: remove every entry")
+    cache.add_argument("--dir", type=Path, default=None, metavar="DIR",
+                       help="the cache directory (default: as lpjit.compile chooses it)")
+
+
 # -- shared steps --------------------------------------------------------------------------
 
 
@@ -276,8 +291,10 @@ def _progress(args: argparse.Namespace, label: str) -> CompileProgress | None:
 
 
 def _compile(graph, args: argparse.Namespace, *, dump_dir: Path | None = None,
-             low_precision: bool | None = None, label: str = "compiling"):
-    """``lpjit.compile`` with the command's options and a progress display."""
+             low_precision: bool | None = None, label: str = "compiling",
+             cache: bool = False):
+    """``lpjit.compile`` with the command's options and a progress display (``cache``: use
+    the compile cache; the inspecting commands compile, to time and see every step)."""
     import lpjit
 
     if low_precision is None:
@@ -285,7 +302,7 @@ def _compile(graph, args: argparse.Namespace, *, dump_dir: Path | None = None,
     progress = _progress(args, label)
     with progress or contextlib.nullcontext():
         return lpjit.compile(graph, threads=args.threads, low_precision=low_precision,
-                             dump_dir=dump_dir, progress=progress)
+                             dump_dir=dump_dir, progress=progress, cache=cache)
 
 
 def _random_inputs(graph, seed: int) -> dict[str, np.ndarray]:
@@ -409,7 +426,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         outputs = reference.run(graph, inputs)
         how = "reference executor (numpy, FakeQuantize as-is)"
     else:
-        compiled = _compile(graph, args)
+        compiled = _compile(graph, args, cache=True)
         start = time.perf_counter()
         outputs = list(compiled(*inputs))
         how = f"compiled, {_precision_line(compiled, not args.float)}"
@@ -470,6 +487,19 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_cache(args: argparse.Namespace) -> int:
+    from lpjit.cache import cache_for
+
+    store = cache_for(args.dir if args.dir is not None else True, os.environ)
+    if args.action == "clear":
+        print(f"removed {store.clear()} entries from {store.directory}")
+        return 0
+    print(f"directory {store.directory}")
+    print(f"entries   {len(store.entries())}, {store.size_bytes() / 2**20:.1f} MiB (limit "
+          f"{store.max_bytes / 2**20:.0f} MiB)")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from lpjit.cli_demo import run_demo
 
@@ -478,7 +508,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 COMMANDS = {"demo": cmd_demo, "info": cmd_info, "profile": cmd_profile,
             "compare": cmd_compare, "run": cmd_run, "compile": cmd_compile,
-            "export": cmd_export}
+            "export": cmd_export, "cache": cmd_cache}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

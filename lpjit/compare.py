@@ -159,7 +159,7 @@ def compare_model(graph: Graph, inputs: Sequence[np.ndarray], *, low_precision: 
 
     variant, observations = observed_graph(graph)
     compiled = lpjit.compile(variant, threads=threads, low_precision=low_precision,
-                             progress=progress)
+                             progress=progress, cache=False)
     outputs = compiled(*inputs)
     return compare_outputs(graph, reference.run_all(graph, list(inputs)), observations,
                            {o.output: outputs[o.output] for o in observations},

@@ -183,7 +183,15 @@ class JitLibrary(CodeLibrary):
         # The engine takes ownership of its target machine: give it its own.
         machine = codegen.target.target_machine(codegen.opt_level, jit=True)
         self.engine = llvm.create_mcjit_compiler(self.module, machine)
+        # Keep the object MCJIT emits (for the compile cache); the callback holds no `self`.
+        emitted: list[bytes] = []
+        self.engine.set_object_cache(lambda module, code: emitted.append(code))
         self.engine.finalize_object()
+        self._object = emitted[0] if emitted else None
+
+    def object_code(self) -> bytes:
+        """The relocatable object MCJIT loaded (JIT code model), as emitted once."""
+        return self._object if self._object is not None else super().object_code()
 
     def function_address(self, name: str) -> int:
         address = self.engine.get_function_address(name)
