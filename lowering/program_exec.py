@@ -2,8 +2,10 @@
 
 This is the slow, obviously-right way to execute a program: numpy arrays for every root
 buffer, each step's kernel compiled on its own (numba, or LLVM one kernel at a time) and called
-on views of those arrays.  Tests compare it with the reference executor (lowering bugs) and
-with the native whole-program entry point (code generation and memory-planning bugs).
+on views of those arrays (a checked program's error record starts clear; a failure raises
+``BoundsError`` naming the step's layers).  Tests compare it with the reference executor
+(lowering bugs) and with the native whole-program entry point (code generation and
+memory-planning bugs).
 """
 
 from __future__ import annotations
@@ -13,9 +15,10 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from lowering.bounds_checks import bounds_error, record_of
 from lowering.loop_ir import Buffer, Kernel, contiguous_strides
 from lowering.program import Program
-from lpjit.errors import InputError
+from lpjit.errors import BoundsError, InputError
 
 CompileKernel = Callable[[Kernel], Callable[..., None]]
 
@@ -67,12 +70,18 @@ def run_program(program: Program, inputs: Sequence[np.ndarray],
             continue
         if root.role == "constant":
             memory[id(root)] = root.data
+        elif root.role == "error":
+            memory[id(root)] = np.zeros(root.shape, root.dtype.numpy)
         else:
             # Never zeros: a kernel that reads before writing should not pass by luck.
             memory[id(root)] = _aligned_full(max(root.span, 1), _poison(root), root.dtype.numpy)
     for step in program.steps:
         fn = compile_kernel(step.kernel)
-        fn(*(_argument(p, memory) for p in step.kernel.params))
+        try:
+            fn(*(_argument(p, memory) for p in step.kernel.params))
+        except BoundsError:
+            record = memory[id(record_of(step.kernel))]
+            raise bounds_error(step.kernel, record, step) from None
     return [_argument(b, memory).reshape(b.shape).copy() for b in program.outputs]
 
 
