@@ -18,8 +18,9 @@ before returning early; see ``runtime.entry_point``).  ``bounds_error`` turns a 
 
 from __future__ import annotations
 
+import functools
 import itertools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import attrs
 import numpy as np
@@ -192,6 +193,14 @@ def raise_recorded_failure(kernel: Kernel, args: Sequence[object]) -> None:
                 raise error
 
 
+def failure_decoder(program: Program) -> Callable[[Sequence[int]], BoundsError | None] | None:
+    """For a checked program, the function that turns its error record into the error a run
+    raises (``program_bounds_error``); None for an unchecked program."""
+    if program_record(program) is None:
+        return None
+    return functools.partial(program_bounds_error, program)
+
+
 def program_bounds_error(program: Program, record: Sequence[int]) -> BoundsError | None:
     """The ``BoundsError`` a checked program's record reports (the step is in the record)."""
     if int(record[SITE]) == 0:
@@ -205,6 +214,6 @@ def program_bounds_error(program: Program, record: Sequence[int]) -> BoundsError
 
 
 __all__ = ["INDEX", "RECORD_BYTES", "RECORD_SLOTS", "SITE", "STEP", "bounds_error",
-           "error_record", "insert_bounds_checks", "insert_program_bounds_checks",
+           "error_record", "failure_decoder", "insert_bounds_checks", "insert_program_bounds_checks",
            "program_bounds_error", "program_record", "raise_recorded_failure", "record_of",
            "sites"]

@@ -9,7 +9,6 @@ threads at once.
 
 from __future__ import annotations
 
-import functools
 import os
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -19,7 +18,7 @@ from typing import Any
 import attrs
 import numpy as np
 
-from lowering.bounds_checks import program_bounds_error, program_record
+from lowering.bounds_checks import failure_decoder
 from lpjit.cache import (
     CacheEntry,
     CompileCache,
@@ -299,7 +298,7 @@ class CompiledModel(ModelInterface):
         self._compilation: Compilation | None = compilation
         self._recompile: Callable[[], Compilation] | None = None
         self._setup(ModelDescription.of(compilation), compilation.library,
-                    _failure_decoder(compilation.program))
+                    failure_decoder(compilation.program))
 
     @classmethod
     def from_library(cls, description: ModelDescription, library: Any,
@@ -398,13 +397,6 @@ class CompiledModel(ModelInterface):
         return (f"<CompiledModel '{self.name}'\n  inputs:  {ins}\n  outputs: {outs}\n"
                 f"  target:  {self.target}, threads={self.threads}, "
                 f"arena={self.arena_bytes} bytes>")
-
-
-def _failure_decoder(program) -> Callable[[np.ndarray], Exception | None] | None:
-    """For a checked program, the function that reads its error record after a run."""
-    if program_record(program) is None:
-        return None
-    return functools.partial(program_bounds_error, program)
 
 
 def _checked_input(info: TensorInfo, value: Any) -> np.ndarray:

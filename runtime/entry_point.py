@@ -83,9 +83,7 @@ def emit_entry_point(module: ir.Module, program: Program, plan: MemoryPlan,
         arg.name = arg_name
     builder = ir.IRBuilder(fn.append_basic_block("entry"))
     pointers = _RootPointers(builder, program, plan, inputs, outputs, arena)
-    record = program_record(program)
-    if record is not None:
-        _store_slot(builder, pointers.of(record), SITE, 0)
+    clear_error_record(builder, pointers, program)
     for index, step in enumerate(program.steps):
         kernel = step.kernel
         callee = module.get_global(kernel.name)
@@ -96,10 +94,26 @@ def emit_entry_point(module: ir.Module, program: Program, plan: MemoryPlan,
                                "takes scalar parameters; program kernels take buffers only")
         callee.attributes.add("noinline")  # one copy of each kernel, a boundary per step
         builder.call(callee, [pointers.of(b) for b in kernel.buffer_params] + [threads])
-        if record_of(kernel) is not None:
-            _return_if_failed(builder, pointers.of(record_of(kernel)), index)
+        return_if_failed(builder, pointers, kernel, index)
     builder.ret_void()
     return fn
+
+
+def clear_error_record(builder: ir.IRBuilder, pointers: _RootPointers, program: Program
+                       ) -> None:
+    """Checked programs: clear the error record's site slot (before the first step)."""
+    record = program_record(program)
+    if record is not None:
+        _store_slot(builder, pointers.of(record), SITE, 0)
+
+
+def return_if_failed(builder: ir.IRBuilder, pointers: _RootPointers, kernel: Kernel,
+                     step: int) -> None:
+    """After step ``step`` of a checked program: if its kernel recorded a failure, note the
+    step in the record and return."""
+    record = record_of(kernel)
+    if record is not None:
+        _return_if_failed(builder, pointers.of(record), step)
 
 
 def _slot(builder: ir.IRBuilder, record: ir.Value, slot: int) -> ir.Value:

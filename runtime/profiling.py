@@ -12,6 +12,7 @@ through symbols unique to this profile) in the same order, and stores
 ``n_steps + 1`` nanosecond timestamps of ``clock_gettime(CLOCK_MONOTONIC)`` (the clock of
 Python's ``time.monotonic_ns``).  The model's own code is not recompiled or changed, so
 normal calls (``lpjit_run``) pay nothing; a profiled call pays one vDSO clock read per step.
+A checked program's profiled entry clears and checks the error record as ``lpjit_run`` does.
 """
 
 from __future__ import annotations
@@ -25,9 +26,10 @@ import llvmlite.binding as llvm
 import numpy as np
 from llvmlite import ir
 
+from lowering.bounds_checks import failure_decoder
 from lowering.codegen_ops import I32, I64, PTR
 from lowering.program import Program
-from runtime.entry_point import _RootPointers
+from runtime.entry_point import _RootPointers, clear_error_record, return_if_failed
 from runtime.executable import BufferSpec, Executable
 from runtime.jit import JitEngine, JitLibrary
 from runtime.memory import MemoryPlan
@@ -69,6 +71,7 @@ def emit_profiled_entry_point(program: Program, plan: MemoryPlan,
         slot = builder.gep(stamps, [ir.Constant(I64, index)], source_etype=I64)
         builder.store(total, slot)
 
+    clear_error_record(builder, pointers, program)
     stamp(0)
     for index, step in enumerate(program.steps):
         kernel = step.kernel
@@ -78,6 +81,7 @@ def emit_profiled_entry_point(program: Program, plan: MemoryPlan,
                                                kernel_symbols[kernel.name])
         builder.call(callees[kernel.name],
                      [pointers.of(b) for b in kernel.buffer_params] + [threads])
+        return_if_failed(builder, pointers, kernel, index)
         stamp(index + 1)
     builder.ret_void()
     return module
@@ -105,7 +109,8 @@ class ProfiledExecutable(Executable):
         self.profile_library = engine.add_module(self.module)
         address = self.profile_library.function_address(PROFILED_ENTRY_POINT)
         super().__init__(address, inputs, outputs, plan.arena_bytes, threads,
-                         owner=(library, self.profile_library))
+                         owner=(library, self.profile_library),
+                         failure=failure_decoder(program))
         self.steps = len(program.steps)
         self._profiled = ProfiledEntryFunction(address)
         self._stamps_per_thread = threading.local()

@@ -25,6 +25,7 @@ from lowering.program_exec import llvm_compiler, numba_compiler, run_program
 from lpjit.errors import BoundsError
 from lpjit.graph import Graph
 from lpjit.ops.reductions import ReduceMax
+from lpjit.profiling import profiled_executable
 
 
 def add_relu_max() -> Graph:
@@ -99,3 +100,14 @@ def test_step_by_step_executors_report_the_same_failure(monkeypatch, executor):
     with pytest.raises(BoundsError, match=r"^Add 'add' \(layer \d+\): kernel 'add' \(layers "
                                           r"add \+ relu\): index 16 is outside dimension 0 "):
         run_program(program, [x], executor)
+
+
+def test_the_profiled_entry_point_checks_as_well(planted):
+    model = lpjit.compile(add_relu_max(), threads=1, checks=True, cache=False)
+    profiled = profiled_executable(model)
+    x = np.random.default_rng(8).uniform(0.0, 0.9, 16).astype(np.float32)
+    outputs, stamps = profiled.run_profiled([x])
+    assert outputs[0] == x.max() and len(stamps) == len(model.program.steps) + 1
+    x[15] = 1.5
+    with pytest.raises(BoundsError, match=r"kernel 'add' \(layers add \+ relu\): index 16 "):
+        profiled.run_profiled([x])
