@@ -31,7 +31,7 @@ from lowering.ops.lowp_conv import (
     lower_q_conv,
     q_conv_geometry,
 )
-from lowering.ops.lowp_depthwise import lower_q_depthwise
+from lowering.ops.lowp_depthwise import depthwise_weight_pairs, lower_q_depthwise
 from lowering.ops.lowp_matmul import (
     lower_compressed_matmul,
     lower_q_activation_matmul,
@@ -87,10 +87,16 @@ def lower_q_convolution(ctx: LoweringContext, node: lowp.QConvolution,
     g = q_conv_geometry(node)
     tables = epilogue_tables(ctx, node, g, weights, scale, step, low)
     parallel = ctx.options.threads != 1
+    activations = max_level(node.inputs[0])
     if g.is_depthwise and g.spatial_rank == 2:
-        return [lower_q_depthwise(ctx, node, epilogue, g, weights, tables, parallel)]
+        dot = choose_dot_step(ctx.target,
+                              lambda: depthwise_weight_pairs(weights, DOT_GROUPS["quad"]),
+                              activations)
+        tile = integer_tile(ctx.target, dot, g.out_spatial[0], g.out_spatial[1], max_rows=4)
+        return [lower_q_depthwise(ctx, node, epilogue, g, weights, tables, dot, tile,
+                                  parallel)]
     dot = choose_dot_step(ctx.target, lambda: conv_weight_pairs(weights, DOT_GROUPS["quad"]),
-                          max_level(node.inputs[0]))
+                          activations)
     tile = integer_tile(ctx.target, dot, g.group_out, g.out_spatial[-1])
     return [lower_q_conv(ctx, node, epilogue, g, weights, tables, dot, tile, parallel)]
 

@@ -236,7 +236,7 @@ def blocked_buffer(ctx: LoweringContext, node: Node, g: ConvGeometry, group: int
                   alignment=64)
 
 
-def _interleave(parts: list[Expr], lanes: int) -> Expr:
+def interleave(parts: list[Expr], lanes: int) -> Expr:
     """Lane ``j * len(parts) + t`` = lane ``j`` of ``parts[t]`` (2 or 4 parts, by pairs)."""
     def zip2(a: Expr, b: Expr, width: int, unit: int) -> Expr:
         indices = []
@@ -362,7 +362,7 @@ class BlockedCopy:
                 self.b.store(self.p, (*prefix, *p_rows, phase, j * group + t), value)
             return
         self.b.store(self.p, (*prefix, *p_rows, phase, lb.ramp(j * group, group * lanes)),
-                     _interleave(parts, lanes))
+                     interleave(parts, lanes))
 
 
 def emit_blocked_copy(b: lb.KernelBuilder, ctx: LoweringContext, g: ConvGeometry, x: Buffer,
