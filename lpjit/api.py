@@ -286,7 +286,9 @@ class CompiledModel(ModelInterface):
     ``compiled(x, y)``, ``compiled(x=..., y=...)`` and ``compiled({"x": ..., "y": ...})`` are
     equivalent.  Inputs must have the model's shape; their dtype must equal the model's or
     convert to it without loss (``int16`` -> ``float32`` yes, ``float64`` -> ``float32`` no);
-    non-contiguous arrays are copied.  Anything else raises ``InputError`` naming the input.
+    non-contiguous or misaligned arrays are copied.  Anything else (a missing, unknown or
+    surplus input, another shape, a lossy dtype) raises ``InputError`` naming the input and
+    the expected shape and dtype.
     """
 
     from_cache = False
@@ -400,8 +402,14 @@ class CompiledModel(ModelInterface):
 
 
 def _checked_input(info: TensorInfo, value: Any) -> np.ndarray:
-    """``value`` as an array of the input's dtype and shape, converting only without loss."""
-    array = np.asarray(value)
+    """``value`` as an array of the input's dtype and shape, converting only without loss;
+    C-contiguous and aligned to its element size (a strided, reversed, Fortran-order or
+    misaligned array, e.g. one starting at an odd byte of a buffer, is copied)."""
+    try:
+        array = np.asarray(value)
+    except (TypeError, ValueError) as error:
+        raise InputError(f"input '{info.name}' is not an array ({error}); "
+                         f"{_expected(info)}") from None
     if array.dtype != info.dtype:
         if not np.can_cast(array.dtype, info.dtype, casting="safe"):
             raise InputError(f"input '{info.name}' has dtype {array.dtype}, which does not "
@@ -411,7 +419,7 @@ def _checked_input(info: TensorInfo, value: Any) -> np.ndarray:
         array = array.astype(info.dtype)
     if array.shape != info.shape:
         raise InputError(f"input '{info.name}' has shape {array.shape}; {_expected(info)}")
-    return array if array.flags.c_contiguous else np.ascontiguousarray(array)
+    return np.require(array, requirements=("C_CONTIGUOUS", "ALIGNED"))
 
 
 def _expected(info: TensorInfo) -> str:

@@ -139,11 +139,13 @@ def _address(array: np.ndarray) -> int:
 
 
 def _prepared(spec: BufferSpec, array: np.ndarray) -> np.ndarray:
-    """``array`` as the entry point reads it: checked, C-contiguous and aligned."""
+    """``array`` as the entry point reads it: checked, C-contiguous and aligned (to its
+    element size, and to ``spec.alignment`` when the code requires more)."""
     if array.dtype != spec.dtype or array.shape != spec.shape:
         raise InputError(f"input '{spec.name}' is {array.dtype}{list(array.shape)}; the "
                          f"program expects {spec.dtype}{list(spec.shape)}")
-    if not array.flags.c_contiguous or (spec.alignment and _address(array) % spec.alignment):
+    if not array.flags.c_contiguous or not array.flags.aligned or (
+            spec.alignment and _address(array) % spec.alignment):
         copy = aligned_empty(spec.shape, spec.dtype)
         copy[...] = array
         return copy
