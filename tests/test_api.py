@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 
 import lpjit
-from lpjit.passes.low_precision import LOW_PRECISION_PIPELINE
 from lpjit import dtypes, reference
 from lpjit.errors import InputError
 from lpjit.graph import Constant, Graph, Origin, Parameter, Result
 from lpjit.ops import activations as act
 from lpjit.ops import elementwise as ew
+from lpjit.passes.low_precision import LOW_PRECISION_PIPELINE
 
 
 def two_in_two_out() -> Graph:
@@ -270,31 +270,60 @@ def test_a_model_without_inputs_computes_its_folded_constants() -> None:
 # -- concurrency -------------------------------------------------------------------------------
 
 
-def test_four_python_threads_share_one_compiled_model(graph) -> None:
-    """Each call has its own arena and outputs: concurrent calls give each caller its own
-    correct results; the model keeps an intermediate in the arena."""
-    compiled = lpjit.compile(_with_scratch(graph), threads=2)
-    assert compiled.arena_bytes > 0
-    inputs = [random_inputs(100 + k) for k in range(4)]
-    expected = [reference.run(compiled.graph, list(i)) for i in inputs]
+EXAMPLES = Path(lpjit.__file__).parent / "examples"
+CONCURRENT_THREADS, CONCURRENT_CALLS = 4, 400
+
+
+def _concurrent_models() -> dict[str, lpjit.CompiledModel]:
+    """Models with scratch in the arena, compiled with an OpenMP team of 2: the two-input
+    graph (unchecked and checked: the checked one keeps its error record per thread too) and
+    the bundled INT8 example (integer convolutions, parallel loops)."""
+    scratch = _with_scratch(two_in_two_out())
+    return {"two inputs": lpjit.compile(scratch, threads=2, cache=False),
+            "two inputs checked": lpjit.compile(scratch, threads=2, checks=True, cache=False),
+            "int8 example": lpjit.compile(EXAMPLES / "resnet_tiny_int8.xml", threads=2,
+                                          cache=False)}
+
+
+@pytest.fixture(scope="module")
+def concurrent_models() -> dict[str, lpjit.CompiledModel]:
+    return _concurrent_models()
+
+
+@pytest.mark.parametrize("name", ["two inputs", "two inputs checked", "int8 example"])
+def test_four_python_threads_share_one_compiled_model(concurrent_models, name) -> None:
+    """4 Python threads call one model 400 times each, each thread cycling through 3 inputs
+    of its own (12 distinct inputs): every call returns exactly what a lone call returned
+    for that input, so no thread ever sees another's arena, outputs or error record."""
+    compiled = concurrent_models[name]
+    assert compiled.arena_bytes > 0 and compiled.threads == 2
+    rng = np.random.default_rng(100)
+    pool = [[rng.uniform(-2, 2, info.shape).astype(info.dtype) for info in compiled.inputs]
+            for _ in range(3 * CONCURRENT_THREADS)]
+    expected = [[a.copy() for a in compiled(*arrays)] for arrays in pool]
+    if name.startswith("two inputs"):
+        for arrays, outputs in zip(pool, expected):
+            assert_matches_reference(compiled.graph, outputs, arrays)
+    calls = [0] * CONCURRENT_THREADS
     failures: list[str] = []
-    barrier = threading.Barrier(4)
+    barrier = threading.Barrier(CONCURRENT_THREADS)
 
     def worker(k: int) -> None:
         barrier.wait()
-        for _ in range(200):
-            out = compiled(*inputs[k])
-            if not all(np.allclose(a, e, rtol=1e-5, atol=1e-6)
-                       for a, e in zip(out, expected[k])):
-                failures.append(f"thread {k}")
-                return
+        for i in range(CONCURRENT_CALLS):
+            j = 3 * k + i % 3
+            out = compiled(*pool[j])
+            calls[k] += 1
+            if not all(np.array_equal(a, e) for a, e in zip(out, expected[j], strict=True)):
+                failures.append(f"thread {k}, call {i}, input {j}")
 
-    threads = [threading.Thread(target=worker, args=(k,)) for k in range(4)]
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(CONCURRENT_THREADS)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     assert failures == []
+    assert calls == [CONCURRENT_CALLS] * CONCURRENT_THREADS
 
 
 def _with_scratch(graph: Graph) -> Graph:
