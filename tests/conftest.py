@@ -30,3 +30,19 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "oracle" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _session_compile_cache(tmp_path_factory):
+    """Tests never touch the user's compile cache: one cache for the session (module-scoped
+    fixtures compile into it) ..."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("LPJIT_CACHE_DIR", str(tmp_path_factory.mktemp("lpjit-cache")))
+        yield
+
+
+@pytest.fixture(autouse=True)
+def _compile_cache(tmp_path_factory, monkeypatch):
+    """... and an empty one for each test, so that no test loads code another one compiled
+    (say under a monkeypatched schedule)."""
+    monkeypatch.setenv("LPJIT_CACHE_DIR", str(tmp_path_factory.mktemp("lpjit-cache")))
