@@ -4,6 +4,7 @@ recompiled, clearing, pruning, and the canonical key."""
 from __future__ import annotations
 
 import json
+import pickle
 import subprocess
 import sys
 import textwrap
@@ -110,6 +111,19 @@ def test_a_hit_has_the_interface_reports_and_timings_of_the_compile(xml, x, tmp_
     np.testing.assert_array_equal(warm(x=x)["y"], cold(x)[0])
     # Inspection compiles the source again, on demand.
     assert [s.label for s in warm.program.steps] == [s.label for s in cold.program.steps]
+
+
+def test_a_hit_pickles_and_profiles_like_a_compiled_model(xml, x, tmp_path) -> None:
+    from lpjit.profiling import profile_model
+
+    cache = tmp_path / "cache"
+    cold = lpjit.compile(xml, threads=1, cache=cache)
+    warm = lpjit.compile(xml, threads=1, cache=cache)
+    assert warm.from_cache
+    np.testing.assert_array_equal(pickle.loads(pickle.dumps(warm))(x)[0], cold(x)[0])
+    profile = profile_model(warm, [x], iterations=2)
+    assert [row["layers"] for row in profile.rows()] == [
+        [o.name for o in step.layers] for step in cold.program.steps]
 
 
 def test_changed_options_or_ir_are_misses(xml, x, tmp_path) -> None:
