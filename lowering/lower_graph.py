@@ -242,7 +242,7 @@ def make_kernel(b: lb.KernelBuilder) -> Kernel:
     params: list[Buffer] = []
     for buf in buffers_used(kernel.body):
         root = buf.root
-        if root.role != "constant" and not _allocated(kernel, buf) and all(
+        if root.role != "constant" and not _allocated(kernel, root) and all(
                 root is not p for p in params):
             params.append(root)
     from lowering.verifier import verify_kernel
