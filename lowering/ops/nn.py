@@ -22,8 +22,9 @@ import numpy as np
 
 from lowering.loop_ir import Kernel
 from lowering.lower_graph import Epilogue, LoweringContext, lowering
-from lowering.ops.nn_conv import ConvGeometry, lower_conv, lower_depthwise
+from lowering.ops.nn_conv import ConvGeometry, lower_conv
 from lowering.ops.nn_conv_channels import lower_conv_by_channels
+from lowering.ops.nn_depthwise import lower_depthwise
 from lowering.ops.nn_matmul import lower_matmul
 from lowering.ops.nn_schedules import default_conv_schedule
 from lpjit.errors import LoweringError

@@ -1,4 +1,4 @@
-"""Direct and depthwise convolution kernels (NCHW graph layout, 1 to 3 spatial dims).
+"""Direct convolution kernels (NCHW graph layout, 1 to 3 spatial dims), and the padded copy.
 
 Direct convolution, per output row (all spatial dims but the last, and the batch)::
 
@@ -16,11 +16,6 @@ of even/odd lanes): output pixels ``ow`` then read
 ``P[..., (kw*d) % s, ow + (kw*d) // s]``, a dense vector for every stride and dilation, and
 the inner loop has no border case.  Without padding and with a unit width stride the input
 is read directly.
-
-Depthwise convolution (2-D, one channel per group): per (n, c), a padded copy of that one
-plane (stack scratch), then tiles of `rows` output rows (the last tile shifted back) x
-`vectors` vectors, each output vector a chain of ``KH*KW`` FMAs in unrolled loops (loads
-shared between rows are merged by LLVM).
 """
 
 from __future__ import annotations
@@ -32,9 +27,9 @@ import attrs
 import numpy as np
 
 from lowering import builder as lb
-from lowering.loop_ir import SERIAL, UNROLLED, Buffer, Expr, Kernel, Load, as_expr, f32, vectorized
+from lowering.loop_ir import SERIAL, Buffer, Expr, Kernel, Load, as_expr, f32, vectorized
 from lowering.lower_graph import Epilogue, LoweringContext, kernel_builder, make_kernel
-from lowering.ops.nn_schedules import ConvSchedule, default_depthwise_schedule
+from lowering.ops.nn_schedules import ConvSchedule
 from lowering.ops.nn_tiles import (
     Reduction,
     TileColumns,
@@ -348,71 +343,5 @@ class _ConvWriter:
                       vector, store)
 
 
-# -- depthwise convolution ---------------------------------------------------------------------
-
-def lower_depthwise(ctx: LoweringContext, node: Node, epilogue: Epilogue, g: ConvGeometry,
-                    weights: np.ndarray) -> Kernel:
-    """The 2-D depthwise kernel (see the module docstring)."""
-    (out_h, out_w), (kh, kw) = g.out_spatial, g.kernel
-    schedule = default_depthwise_schedule(ctx.target, out_h, out_w, ctx.options.threads)
-    tile = schedule.tile
-    packed = ctx.constant(node.origin.name + "_weights", weights.reshape(g.channels, kh, kw))
-    x = ctx.buffer(node.inputs[0])
-    b = kernel_builder(ctx, node)
-    count = g.batch * g.channels
-    with b.for_range(count, kind=loop_kind(schedule.parallel, count), name="nc") as t:
-        n, c = unravel(t, (g.batch, g.channels))
-        if g.needs_copy:
-            plane = b.allocate("plane", f32, g.padded_shape())
-            emit_padded_copy(b, g, x, plane, (n, c), (), ctx.lanes)
-            source, prefix = ConvSource(plane, True, g.strides[-1], g.dilations[-1]), ()
-        else:
-            source, prefix = ConvSource(x, False, 1, g.dilations[-1]), (n, c)
-        writer = _DepthwiseWriter(b, g, source, prefix, packed, epilogue, n, c)
-        with b.for_range(-(-out_h // tile.rows), name="oh") as block:
-            writer.rows(block_first(block, tile.rows, out_h), tile.rows, tile.vectors,
-                        tile.lanes)
-    return make_kernel(b)
-
-
-@attrs.frozen
-class _DepthwiseWriter:
-    """Emits the tiles of a band of output rows of one depthwise channel."""
-
-    b: lb.KernelBuilder
-    g: ConvGeometry
-    source: ConvSource
-    prefix: tuple[Index, ...]
-    weights: Buffer
-    epilogue: Epilogue
-    n: Index
-    c: Index
-
-    def rows(self, first: Index, rows: int, vectors: int, lanes: int) -> None:
-        cover = cover_axis(self.g.out_spatial[-1], lanes, vectors)
-        if cover.full_tiles:
-            with self.b.for_range(cover.full_tiles, name="wt") as wt:
-                self.tile(first, rows, cover.full_tile(wt))
-        if cover.remainder_count:
-            self.tile(first, rows, cover.remainder_tile())
-
-    def tile(self, first: Index, rows: int, columns: TileColumns) -> None:
-        """``rows x count`` output vectors, each a chain of ``KH*KW`` FMAs (unrolled loops;
-        LLVM merges the input loads that neighbouring rows share)."""
-        b, g, lanes = self.b, self.g, columns.lanes
-        (sh, _), (dh, _) = g.strides, g.dilations
-        kernel_h, kernel_w = g.kernel
-        with b.for_range(rows, kind=UNROLLED, name="r") as i, \
-                b.for_range(columns.count, kind=UNROLLED, name="v") as v:
-            oh, start = add(first, i), columns.start(v)
-            acc = b.local(lb.broadcast(0.0, lanes, f32), "acc")
-            with b.for_range(kernel_h, kind=UNROLLED, name="kh") as kh, \
-                    b.for_range(kernel_w, kind=UNROLLED, name="kw") as kw:
-                weight = lb.broadcast(Load(self.weights, (self.c, kh, kw)), lanes, f32)
-                row = add(mul(oh, sh), mul(kh, dh))
-                x = self.source.vector(self.prefix, (row,), start, kw, lanes)
-                b.assign(acc, lb.fma(weight, x, acc))
-            self.epilogue.store(b, (self.n, self.c, oh, vector_index(start, lanes)), acc)
-
-
-__all__ = ["ConvGeometry", "lower_conv", "lower_depthwise", "pack_conv_weights"]
+__all__ = ["ConvGeometry", "ConvSource", "conv_source", "emit_padded_copy", "lower_conv",
+           "pack_conv_weights"]

@@ -57,10 +57,12 @@ class ConvSchedule:
 
 @attrs.frozen
 class DepthwiseSchedule:
-    """Depthwise convolution: ``rows`` output rows x ``vectors`` vectors along the width."""
+    """Depthwise convolution: ``layout="rows"``: ``rows`` output rows x ``vectors`` vectors
+    along the width; ``layout="flat"``: ``vectors`` vectors over the flattened plane."""
 
     tile: RegisterTile
     parallel: bool = True
+    layout: str = "rows"
 
 
 @attrs.frozen
@@ -130,13 +132,20 @@ def default_conv_schedule(target: Target, group_out: int, out_spatial: tuple[int
 
 
 def default_depthwise_schedule(target: Target, out_height: int, out_width: int,
-                               threads: int) -> DepthwiseSchedule:
-    """Depthwise: 4 output rows x 2 vectors (AVX-512: 4 x 3), fewer on small images."""
+                               threads: int, row_pitch: int = 0) -> DepthwiseSchedule:
+    """Depthwise: 4 output rows x 2 vectors (AVX-512: 4 x 3), fewer on small images; the
+    ``flat`` layout when a row is shorter than a vector and the plane pitch (``row_pitch``
+    elements between output rows) is known."""
     lanes = target.f32_lanes
     rows, vectors = (4, 3) if target.has_avx512 else (4, 2)
+    parallel = threads != 1
+    if row_pitch and out_width < lanes:
+        virtual = (out_height - 1) * row_pitch + out_width
+        vectors = max(1, min(vectors, -(-virtual // lanes)))
+        return DepthwiseSchedule(RegisterTile(1, vectors, lanes), parallel, "flat")
     vectors = max(1, min(vectors, -(-out_width // lanes)))
     return DepthwiseSchedule(RegisterTile(max(1, min(rows, out_height)), vectors, lanes),
-                             parallel=threads != 1)
+                             parallel)
 
 
 def default_matmul_schedule(target: Target, rows: int, columns: int,
