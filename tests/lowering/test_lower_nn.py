@@ -6,6 +6,9 @@ executor and by LLVM one kernel at a time; both are compared with the reference 
 prime channel counts, 1x1 and 7x7 kernels, stride 2, dilation, asymmetric and auto pads,
 batch > 1, groups, depthwise, MatMul transposes / batch broadcasting / 1-D inputs, fused
 bias + ReLU and FakeQuantize epilogues; some also lowered for an AVX2 target (8 lanes).
+Direct convolutions run under both schedules (``vectorize`` fixture: vectors along the output
+width, or along the output channels); depthwise cases cover both layouts (rows of at least a
+vector: ``rows``; shorter rows: ``flat``).
 """
 
 from __future__ import annotations
