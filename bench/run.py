@@ -178,26 +178,39 @@ print(json.dumps({"import_s": imported, "results": results}))
 """
 
 
-def probe_cached_compiles(rows: list[dict], cache_dir: Path) -> float | None:
-    """Compile every lpjit cell that compiled again, in one new process, from the cache;
-    adds ``compile_cached_s`` (and ``cache_hit``) to the rows.  Returns the import time."""
-    cells = [row for row in rows if "compile_steps_s" in row.get("lpjit", {})]
-    if not cells:
-        return None
+def probe_cached_compiles(rows: list[dict], cache_dir: Path, attempts: int = 3) -> float | None:
+    """Compile every lpjit cell that compiled again, in a new process, from the cache; adds
+    ``compile_cached_s`` and ``cache_hit`` to the rows.  A miss means lpjit's sources changed
+    since the cold compile (another edit on a shared machine: the key includes them); the
+    miss stored the code for the new sources, so the cell is probed again in a newer process.
+    Returns the new process's import time."""
+    pending = [row for row in rows if "compile_steps_s" in row.get("lpjit", {})]
+    import_seconds = None
+    for _ in range(attempts):
+        if not pending:
+            break
+        found = _probe(pending, cache_dir)
+        if found is None:
+            return import_seconds
+        import_seconds = found["import_s"]
+        for row, result in zip(pending, found["results"]):
+            if "error" in result:
+                row["lpjit"]["compile_cached_error"] = result["error"]
+            else:
+                row["lpjit"].update(compile_cached_s=round(result["seconds"], 3),
+                                    cache_hit=result["from_cache"])
+        pending = [row for row in pending if row["lpjit"].get("cache_hit") is False]
+    return import_seconds
+
+
+def _probe(cells: list[dict], cache_dir: Path) -> dict | None:
     jobs = [(row["xml"], row["threads"], row["precision"] == "int8") for row in cells]
     done = subprocess.run([sys.executable, "-c", PROBE, str(cache_dir)], input=json.dumps(jobs),
                           capture_output=True, text=True, cwd=ROOT, check=False)
     if done.returncode != 0:
         print(f"cached-compile probe failed: {done.stderr.strip()[-500:]}")
         return None
-    found = json.loads(done.stdout.splitlines()[-1])
-    for row, result in zip(cells, found["results"]):
-        if "error" in result:
-            row["lpjit"]["compile_cached_error"] = result["error"]
-        else:
-            row["lpjit"].update(compile_cached_s=round(result["seconds"], 3),
-                                cache_hit=result["from_cache"])
-    return found["import_s"]
+    return json.loads(done.stdout.splitlines()[-1])
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
