@@ -208,6 +208,24 @@ def packed_constants(seed: int = 7) -> ov.Model:
     return _model([y], [x], "packed_constants")
 
 
+def constant_folding(seed: int = 8) -> ov.Model:
+    """Integer subgraphs on Consts that the reader folds (or must refuse to fold) while it
+    builds the graph: pools, Tile, Pad, Gather, ReduceSum and Concat of i32/i64 constants."""
+    rng = _rng(seed)
+    x = _param([1, 1, 3, 3])
+    c = opset1.constant(rng.integers(-9, 10, (1, 1, 5, 5)).astype(np.int32))
+    pooled = opset1.max_pool(c, [1, 1], [0, 0], [0, 0], [3, 3], "floor", "valid")  # [1,1,3,3]
+    tiled = opset1.tile(opset1.constant(np.int32([[1, 2, 3]])), _i64([3, 1]))     # [3, 3]
+    padded = opset1.pad(opset1.constant(np.int32([[4]])), _i64([1, 1]), _i64([1, 1]),
+                        "edge")                                                      # [3, 3]
+    total = opset1.add(opset1.add(tiled, padded), opset1.reshape(pooled, _i64([3, 3]), False))
+    row = opset8.gather(opset1.constant(np.int64([3, 1, 4, 1, 5])), _i64([0, 2, 4]), _i64(0))
+    scale = opset1.reduce_sum(opset1.concat([row, _i64([2])], 0), _i64([0]), False)
+    y = opset1.multiply(opset1.convert(total, "f32"),
+                        opset1.convert(scale, "f32"))                                 # [3, 3]
+    return _model([opset1.add(x, y)], [x], "constant_folding")
+
+
 def _nncf_models() -> list[tuple[str, ov.Model]]:
     """An NNCF INT8 ResNet-like CNN and an NNCF INT4 group-wise weight-compressed MLP."""
     import nncf
@@ -221,7 +239,8 @@ def _nncf_models() -> list[tuple[str, ov.Model]]:
 
 
 BUILDERS: tuple[Callable[[], ov.Model], ...] = (cnn, activations, shapes, norms, logic,
-                                                 attention, fake_quantize, packed_constants)
+                                                 attention, fake_quantize, packed_constants,
+                                                 constant_folding)
 
 
 def _saved(name: str, model: ov.Model, directory: Path, *, compress_to_fp16: bool = False,
