@@ -31,6 +31,7 @@ from lowering.ops.lowp_conv import (
     lower_q_conv,
     q_conv_geometry,
 )
+from lowering.ops.lowp_conv_channels import lower_q_conv_by_channels
 from lowering.ops.lowp_depthwise import depthwise_weight_pairs, lower_q_depthwise
 from lowering.ops.lowp_matmul import (
     lower_compressed_matmul,
@@ -38,9 +39,17 @@ from lowering.ops.lowp_matmul import (
     lower_q_matmul,
     matmul_geometry,
 )
-from lowering.ops.lowp_tiles import DOT_GROUPS, choose_dot_step, integer_tile
-from lowering.ops.nn_schedules import default_matmul_schedule
+from lowering.ops.lowp_tiles import (
+    DOT_GROUPS,
+    DotStep,
+    choose_dot_step,
+    integer_tile,
+    integer_tile_cost,
+)
+from lowering.ops.nn_conv import ConvGeometry
+from lowering.ops.nn_schedules import RegisterTile, default_matmul_schedule
 from lowering.program import Program
+from lowering.target import Target
 from lowering.traversal import walk
 from lpjit.errors import LoweringError
 from lpjit.graph import Constant, Node, Value, constant_value
@@ -97,8 +106,30 @@ def lower_q_convolution(ctx: LoweringContext, node: lowp.QConvolution,
                                   parallel)]
     dot = choose_dot_step(ctx.target, lambda: conv_weight_pairs(weights, DOT_GROUPS["quad"]),
                           activations)
-    tile = integer_tile(ctx.target, dot, g.group_out, g.out_spatial[-1])
-    return [lower_q_conv(ctx, node, epilogue, g, weights, tables, dot, tile, parallel)]
+    layout, tile = q_conv_schedule(ctx.target, dot, g)
+    lower = lower_q_conv_by_channels if layout == "channels" else lower_q_conv
+    return [lower(ctx, node, epilogue, g, weights, tables, dot, tile, parallel)]
+
+
+# Instructions per output element of the epilogue: per vector (width layout), plus a store
+# per lane (channel layout: channels are H*W apart in NCHW).
+_EPILOGUE = 6
+
+
+def q_conv_schedule(target: Target, dot: DotStep, g: ConvGeometry
+                    ) -> tuple[str, RegisterTile]:
+    """``("width" | "channels", tile)``: the layout whose tiles cost less over the whole
+    output (``integer_tile_cost`` per reduction step times the steps, plus the epilogue)."""
+    steps = -(-g.group_in // dot.group) * math.prod(g.kernel)
+    outputs = g.group_out * math.prod(g.out_spatial)
+    rows = math.prod(g.out_spatial[:-1])
+    cost, width_tile = integer_tile_cost(target, dot, g.group_out, g.out_spatial[-1])
+    width = cost * rows * steps + outputs * _EPILOGUE / width_tile.lanes
+    if g.group_out < 2:
+        return "width", width_tile
+    cost, channel_tile = integer_tile_cost(target, dot, math.prod(g.out_spatial), g.group_out)
+    channels = cost * steps + outputs * (1 + _EPILOGUE / channel_tile.lanes)
+    return ("channels", channel_tile) if channels < width else ("width", width_tile)
 
 
 @lowering(lowp.QMatMul)

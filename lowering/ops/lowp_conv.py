@@ -315,41 +315,46 @@ class BlockedCopy:
 
     def row(self, prefix: tuple[Index, Index, Index], x_rows: Sequence[Index],
             p_rows: Sequence[Index]) -> None:
-        """One padded row: per phase, zeros, the interleaved input columns, zeros."""
-        g, group = self.g, self.group
+        """One padded row: per phase, zeros, the interleaved input columns, zeros.
+
+        Columns ``j`` whose every phase reads inside the row are copied a vector at a time
+        (the last vector shifted back; up to ``lanes`` columns, fewer on short rows) from
+        dense loads of ``stride * lanes`` input bytes, the phases split by shuffles; the few
+        others one at a time.
+        """
+        g = self.g
         stride, low, width = g.strides[-1], g.pads_begin[-1], g.in_spatial[-1]
-        columns = self.p.shape[-1] // group
+        columns = self.p.shape[-1] // self.group
+        spans = []
         for phase in range(stride):
             first = min(columns, max(0, -((phase - low) // stride)))
-            stop = min(columns, max(first, (width - 1 + low - phase) // stride + 1))
-            self.zero(prefix, p_rows, 0, first * group, phase)
-            self.columns(prefix, x_rows, p_rows, phase, first, stop)
-            self.zero(prefix, p_rows, stop * group, None, phase)
+            spans.append((first, min(columns, max(first, (width - 1 + low - phase) // stride
+                                                  + 1))))
+        dense_first = max(first for first, _ in spans)
+        dense_stop = min(stop for _, stop in spans)
+        lanes = self.lanes
+        while lanes > 2 and lanes > dense_stop - dense_first:
+            lanes //= 2
+        if dense_stop - dense_first < lanes:
+            dense_first = dense_stop = columns
+        for phase, (first, stop) in enumerate(spans):
+            self.zero(prefix, p_rows, 0, first * self.group, phase)
+            self.single(prefix, x_rows, p_rows, phase, first, min(stop, dense_first))
+            self.single(prefix, x_rows, p_rows, phase, max(first, dense_stop), stop)
+            self.zero(prefix, p_rows, stop * self.group, None, phase)
+        count = dense_stop - dense_first
+        if count:
+            with self.b.for_range(count // lanes, name="jv") as jv:
+                self.vectors(prefix, x_rows, p_rows, jv * lanes + dense_first, lanes)
+            if count % lanes:
+                self.vectors(prefix, x_rows, p_rows, as_expr(dense_stop - lanes), lanes)
 
-    def columns(self, prefix: tuple[Index, Index, Index], x_rows: Sequence[Index],
-                p_rows: Sequence[Index], phase: int, first: int, stop: int) -> None:
-        count, lanes = stop - first, self.lanes
-        if count <= 0:
-            return
-        if count < lanes:
-            with self.b.for_range(count, name="j") as j:
-                self.step(prefix, x_rows, p_rows, phase, j + first, 1)
-            return
-        with self.b.for_range(count // lanes, name="jv") as jv:
-            self.step(prefix, x_rows, p_rows, phase, jv * lanes + first, lanes)
-        if count % lanes:
-            self.step(prefix, x_rows, p_rows, phase, stop - lanes, lanes)
-
-    def step(self, prefix: tuple[Index, Index, Index], x_rows: Sequence[Index],
-             p_rows: Sequence[Index], phase: int, j: Expr, lanes: int) -> None:
-        """Columns ``j .. j+lanes-1`` of one phase: ``group`` channel loads, interleaved."""
-        g, group = self.g, self.group
+    def channel_values(self, prefix: tuple[Index, Index, Index], x_rows: Sequence[Index],
+                       index: Expr, lanes: int) -> list[Expr]:
+        """``x[n, channel t of the block, rows, index]`` for each ``t`` (zero past IC)."""
         n, grp, cb = prefix
-        stride = g.strides[-1]
-        column = j * stride + (phase - g.pads_begin[-1])
-        index = column if lanes == 1 else lb.ramp(column, lanes, stride)
         parts = []
-        for t in range(group):
+        for t in range(self.group):
             channel, valid = self.channel(grp, cb, t)
             value: Expr = lb.broadcast(0, lanes, u8)
             if channel is not None:
@@ -357,12 +362,34 @@ class BlockedCopy:
                 if valid is not None:
                     value = Select(valid, value, lb.broadcast(0, lanes, u8))
             parts.append(value)
-        if lanes == 1:
-            for t, value in enumerate(parts):
-                self.b.store(self.p, (*prefix, *p_rows, phase, j * group + t), value)
+        return parts
+
+    def single(self, prefix: tuple[Index, Index, Index], x_rows: Sequence[Index],
+               p_rows: Sequence[Index], phase: int, first: int, stop: int) -> None:
+        """Columns ``first .. stop-1`` of one phase, one at a time."""
+        if stop <= first:
             return
-        self.b.store(self.p, (*prefix, *p_rows, phase, lb.ramp(j * group, group * lanes)),
-                     interleave(parts, lanes))
+        g = self.g
+        with self.b.for_range(stop - first, name="j") as j:
+            column = (j + first) * g.strides[-1] + (phase - g.pads_begin[-1])
+            for t, value in enumerate(self.channel_values(prefix, x_rows, column, 1)):
+                self.b.store(self.p, (*prefix, *p_rows, phase, (j + first) * self.group + t),
+                             value)
+
+    def vectors(self, prefix: tuple[Index, Index, Index], x_rows: Sequence[Index],
+                p_rows: Sequence[Index], j: Expr, lanes: int) -> None:
+        """Columns ``j .. j+lanes-1`` of every phase: per channel one dense load of
+        ``stride * lanes`` bytes, split into phases, interleaved across the channels."""
+        g = self.g
+        stride = g.strides[-1]
+        span = lb.ramp(j * stride - g.pads_begin[-1], stride * lanes)
+        dense = [self.b.let(v, "x") for v in self.channel_values(prefix, x_rows, span,
+                                                                 stride * lanes)]
+        for phase in range(stride):
+            parts = dense if stride == 1 else [
+                lb.shuffle(v, [phase + stride * i for i in range(lanes)]) for v in dense]
+            index = lb.ramp(j * self.group, self.group * lanes)
+            self.b.store(self.p, (*prefix, *p_rows, phase, index), interleave(parts, lanes))
 
 
 def emit_blocked_copy(b: lb.KernelBuilder, ctx: LoweringContext, g: ConvGeometry, x: Buffer,
@@ -416,7 +443,7 @@ def output_value(b: lb.KernelBuilder, tables: EpilogueTables, acc: Expr, channel
                              classes.common_width_class)
     borders = classes.border_columns()
     if borders:
-        columns = lb.ramp(start, lanes) if lanes > 1 else lb.as_expr(start)
+        columns = lb.ramp(start, lanes) if lanes > 1 else as_expr(start)
         for column, width_class in borders:
             here = lb.eq(columns, lb.broadcast(column, lanes))
             zero_point = Select(here, per_channel(tables.zero_point, outer_class, channel,

@@ -213,14 +213,22 @@ _FIXED = {"quad": 1, "pairs": 2, "saturating": 3, "mac": 2}
 
 def integer_tile(target: Target, step: DotStep, row_extent: int, column_extent: int,
                  max_rows: int = 8, max_vectors: int = 8) -> RegisterTile:
-    """The ``rows x vectors`` i32 tile of ``lanes`` for a row axis (broadcast operands) of
-    ``row_extent`` and a vectorized axis of ``column_extent``.
+    """The cheapest tile of ``tile_costs`` (see there)."""
+    return integer_tile_cost(target, step, row_extent, column_extent, max_rows,
+                             max_vectors)[1]
+
+
+def integer_tile_cost(target: Target, step: DotStep, row_extent: int, column_extent: int,
+                      max_rows: int = 8, max_vectors: int = 8) -> tuple[float, RegisterTile]:
+    """The cheapest ``rows x vectors`` i32 tile of ``lanes`` for a row axis (broadcast
+    operands) of ``row_extent`` and a vectorized axis of ``column_extent``, and its cost.
 
     Cost of one reduction step over both axes, as ``nn_tiles.cover_axis`` and the row blocks
     cover them: each tile costs ``rows * vectors`` dot steps plus ``rows + vectors`` operand
     loads at half that price (the remainder tile with its own vector count).  On AVX-512 a
     256-bit vector counts as half a 512-bit one (AMD Zen 4 splits 512-bit operations in two);
-    narrower vectors are never cheaper elsewhere.  Accumulators and operands must fit the register file.  The cheapest wins.
+    narrower vectors are never cheaper elsewhere.  Accumulators and operands must fit the
+    register file.
     """
     registers = 32 if target.has_avx512 else 16
     widest = target.f32_lanes
@@ -241,7 +249,7 @@ def integer_tile(target: Target, step: DotStep, row_extent: int, column_extent: 
                 if best is None or cost < best[0] - 1e-9:
                     best = (cost, RegisterTile(rows, vectors, lanes))
     assert best is not None
-    return best[1]
+    return best
 
 
 def _tile_cost(rows: int, vectors: int) -> float:
@@ -249,4 +257,5 @@ def _tile_cost(rows: int, vectors: int) -> float:
 
 
 __all__ = ["DotStep", "SaturationProof", "choose_dot_step", "emit_dot_tile", "integer_tile",
+           "integer_tile_cost",
            "replicate", "saturation_proof"]

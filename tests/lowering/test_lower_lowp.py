@@ -33,7 +33,7 @@ from lowp_graphs import const as _const
 from lowering.loop_ir import Kernel
 from lowering.lower_graph import LoweringOptions, lower_graph_to_loops
 from lowering.microkernels import DotI8Pairs, DotU8I8Quad, DotU8I8Saturating, Microkernel
-from lowering.ops.lowp import integer_kernels, max_level
+from lowering.ops.lowp import integer_kernels, max_level, q_conv_schedule
 from lowering.ops.lowp_conv import BorderClasses, pack_q_conv_weights, q_conv_geometry
 from lowering.ops.lowp_tiles import DotStep, choose_dot_step, integer_tile, saturation_proof
 from lowering.program import Program
@@ -161,7 +161,11 @@ CONVOLUTIONS = {
     "one_pixel_output": ((1, 5, 3, 3), (1, 6, 5, 3, 3), (0, 0), (0, 0), {}),
     "conv1d_stride2": ((2, 3, 11), (1, 4, 3, 3), (1,), (2,), {"strides": (2,)}),
     "conv3d": ((1, 2, 4, 5, 6), (1, 3, 2, 2, 3, 2), (1, 0, 1), (0, 1, 0), {}),
+    "channels_layout_small_image": ((2, 21, 3, 4), (1, 37, 21, 3, 3), (1, 0), (1, 2), {}),
+    "channels_layout_grouped_stride2": ((1, 18, 6, 5), (2, 20, 9, 3, 3), (1, 1), (0, 1),
+                                        {"strides": (2, 2)}),
 }
+CHANNEL_LAYOUT = ("channels_layout_small_image", "channels_layout_grouped_stride2")
 
 
 @pytest.mark.parametrize("case", CONVOLUTIONS)
@@ -172,10 +176,13 @@ def test_q_convolution_on_the_host(case):
     data, weights, begin, end, extra = CONVOLUTIONS[case]
     program = check(*conv_graph(data, weights, begin, end, **extra))
     assert microkernels(program) == {DotU8I8Quad}
+    by_channels = any(c.name.endswith("_zero_point_by_class") for c in program.constants)
+    assert by_channels == (case in CHANNEL_LAYOUT)
 
 
 @pytest.mark.parametrize("case", ["3x3_odd_channels_batch2", "stride2_asymmetric_pads",
-                                  "depthwise_per_channel_stride2"])
+                                  "depthwise_per_channel_stride2",
+                                  "channels_layout_grouped_stride2"])
 def test_q_convolution_on_avx2(case):
     """Without VNNI: exact vpmaddwd pairs (random +-127 weights cannot be proved safe for
     vpmaddubsw); AVX2 code compiled for znver3."""
@@ -259,6 +266,18 @@ def test_requantizing_epilogue_writes_u8():
                       inputs=(y, vector([0.0]), vector([3.0])), levels=256).output
     program = check(graph(params, q), [levels_like((1, 5, 6, 7))])
     assert program.outputs[0].dtype.name == "u8"
+
+
+@pytest.mark.parametrize("channels, size, layout", [(64, 56, "width"), (512, 7, "channels"),
+                                                    (256, 14, "channels"), (3, 112, "width")])
+def test_layout_follows_the_feature_map(channels, size, layout):
+    """VNNI: vectors along the width for large feature maps, along the output channels for
+    small ones with many channels (7x7x512: 7 of 8 lanes and a reload of every activation
+    per few pixels otherwise)."""
+    node, _ = q_conv((1, channels, size, size), np.ones((1, channels, channels, 3, 3)),
+                     (1, 1), (1, 1))
+    chosen, tile = q_conv_schedule(HOST, DotStep("quad"), q_conv_geometry(node))
+    assert chosen == layout and tile.rows * tile.vectors >= 12
 
 
 def test_conv_weights_are_packed_by_channel_blocks_and_groups():
