@@ -159,13 +159,15 @@ CONVOLUTIONS = {
     "channel_multiplier_per_channel": ((1, 3, 5, 6), (3, 2, 1, 3, 3), (1, 1), (1, 1),
                                        {"per_channel": True}),
     "one_pixel_output": ((1, 5, 3, 3), (1, 6, 5, 3, 3), (0, 0), (0, 0), {}),
+    "one_column_one_channel": ((1, 5, 6, 3), (1, 1, 5, 3, 3), (0, 0), (0, 0), {}),
     "conv1d_stride2": ((2, 3, 11), (1, 4, 3, 3), (1,), (2,), {"strides": (2,)}),
     "conv3d": ((1, 2, 4, 5, 6), (1, 3, 2, 2, 3, 2), (1, 0, 1), (0, 1, 0), {}),
     "channels_layout_small_image": ((2, 21, 3, 4), (1, 37, 21, 3, 3), (1, 0), (1, 2), {}),
     "channels_layout_grouped_stride2": ((1, 18, 6, 5), (2, 20, 9, 3, 3), (1, 1), (0, 1),
                                         {"strides": (2, 2)}),
 }
-CHANNEL_LAYOUT = ("channels_layout_small_image", "channels_layout_grouped_stride2")
+CHANNEL_LAYOUT = ("channels_layout_small_image", "channels_layout_grouped_stride2",
+                  "one_pixel_output")
 
 
 @pytest.mark.parametrize("case", CONVOLUTIONS)
