@@ -50,6 +50,15 @@ def initialize_llvm() -> bool:
     """Initialise LLVM's native target once; load libgomp.  Returns True if OpenMP is usable."""
     llvm.initialize_native_target()
     llvm.initialize_native_asmprinter()
+    # Kernels call libm (erf, expf, ...): make its symbols visible to LLVM's own lookup, which
+    # the missing-symbol check in JitLibrary uses (it does not search the process's libraries).
+    for candidate in (ctypes.util.find_library("m"), "libm.so.6"):
+        if candidate:
+            try:
+                llvm.load_library_permanently(candidate)
+                break
+            except RuntimeError:
+                continue
     for candidate in (ctypes.util.find_library("gomp"), "libgomp.so.1"):
         if not candidate:
             continue

@@ -313,3 +313,53 @@ def test_weight_only_outputs(weight_case: Case):
     assert oracle.relative_l2(outputs[0], expected[weight_case.original.results[0].inputs[0]]
                               ) <= OUTPUT_TOLERANCE
 
+
+
+# --------------------------------------------------------------------------------------
+# The same IRs compiled: integer kernels end to end
+
+
+@pytest.fixture(scope="session")
+def compiled_int8(int8_case: Case):
+    return lpjit.compile(int8_case.original, threads=1, cache=False)
+
+
+def test_compiled_model_runs_every_quantized_layer_in_integer_code(int8_case: Case,
+                                                                   compiled_int8) -> None:
+    """``lpjit.compile`` (low precision by default) reports the same integer layers, and its
+    kernels are integer: the program stores u8 for every Quantize it computes."""
+    report = compiled_int8.precision_report()
+    actual = sorted(layer.origin.name for layer in report.integer_layers())
+    assert actual == sorted(quantized_layers(int8_case.original))
+    u8_buffers = [b for b in compiled_int8.program.roots if b.dtype.name == "u8"]
+    assert u8_buffers, "no u8 activations in the compiled program"
+
+
+def test_compiled_model_output(int8_case: Case, compiled_int8) -> None:
+    """Compiled INT8 output vs the transformed graph's reference (the same integer ops):
+    relative L2 <= 1e-5 (float rounding of the epilogues), else <= 1e-3 with the first
+    difference of the transformed graph vs the original shown to be a tie; and vs the
+    original's reference (FakeQuantize as-is) <= 1e-3 or a tie."""
+    actual = compiled_int8(*int8_case.inputs)[0]
+    transformed = reference.run(int8_case.transformed, int8_case.inputs)[0]
+    original = reference.run(int8_case.original, int8_case.inputs)[0]
+    to_transformed = oracle.relative_l2(actual, transformed)
+    to_original = oracle.relative_l2(actual, original)
+    print(f"{int8_case.name}: compiled vs transformed reference {to_transformed:.3g}, "
+          f"vs original reference {to_original:.3g}")
+    assert to_transformed <= OUTPUT_TOLERANCE
+    assert to_original <= OUTPUT_TOLERANCE or first_difference(int8_case) is not None
+
+
+def test_compiled_resnet_keeps_weights_in_int8(int8_case: Case, compiled_int8) -> None:
+    """Resident weight bytes <= 1.15 x the IR's i8 weight bytes plus scales (f32)."""
+    if int8_case.name != "resnet":
+        pytest.skip("the bound is stated for the default NNCF ResNet-like IR")
+    constants = [n for n in int8_case.original.nodes if isinstance(n, Constant)]
+    i8_bytes = sum(n.data.nbytes for n in constants if n.element_type.name == "i8")
+    memory = compiled_int8.memory_report()
+    int_weights = memory.weight_bytes.get("i8", 0) + memory.weight_bytes.get("u8", 0)
+    scale_bytes = memory.total_weight_bytes - int_weights
+    print(f"IR i8 weights {i8_bytes} B; resident {memory}")
+    assert i8_bytes > 0 and int_weights <= 1.15 * i8_bytes
+    assert memory.total_weight_bytes <= 1.15 * i8_bytes + scale_bytes
