@@ -198,8 +198,9 @@ class KernelBuilder:
 
     @staticmethod
     def constant(name: str, data: np.ndarray, alignment: int = 64) -> Buffer:
-        """A read-only buffer holding ``data`` (packed weights, scales)."""
-        data = np.ascontiguousarray(data)
+        """A read-only buffer holding ``data`` (packed weights, scales), of ``data``'s shape:
+        a 0-d array stays 0-d (``np.ascontiguousarray`` would return it as ``[1]``)."""
+        data = np.asarray(data, order="C")
         return Buffer(name, from_numpy(data.dtype), data.shape, role="constant",
                       alignment=alignment, data=data)
 

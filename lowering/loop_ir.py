@@ -229,7 +229,7 @@ def contiguous_strides(shape: Sequence[int]) -> tuple[int, ...]:
 def _freeze_data(data: np.ndarray | None) -> np.ndarray | None:
     if data is None:
         return None
-    data = np.ascontiguousarray(data)
+    data = np.asarray(data, order="C")     # keeps a 0-d array 0-d (ascontiguousarray: [1])
     if data.flags.writeable:
         data = data.copy()
         data.flags.writeable = False

@@ -109,10 +109,12 @@ class LoweringContext:
         return self.buffers[value]
 
     def constant(self, name: str, data) -> Buffer:
-        """A constant buffer holding ``data`` (weights, scales, packed at compile time)."""
+        """A constant buffer holding ``data`` (weights, scales, packed at compile time), of
+        ``data``'s own shape: a 0-d array stays 0-d (``np.ascontiguousarray`` would make it
+        ``[1]``, which a scalar ``Result`` or operand then indexes with too few indices)."""
         import numpy as np
 
-        data = np.ascontiguousarray(data)
+        data = np.asarray(data, order="C")
         if data.dtype == np.float64:
             data = data.astype(np.float32)
         return lb.KernelBuilder.constant(self.name(name), data)

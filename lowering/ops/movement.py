@@ -230,8 +230,8 @@ def _zero(buffer: Buffer) -> Expr:
 
 
 def _input(ctx: LoweringContext, node: Node, index: int) -> Buffer:
-    """The buffer of input ``index``, with the value's own shape (a scalar constant's buffer
-    holds its one element as shape ``(1,)``: numpy's ``ascontiguousarray`` adds the axis)."""
+    """The buffer of input ``index``, seen with the value's own shape when the buffer's
+    differs (a buffer bound by another lowering with the same elements in another shape)."""
     value = node.inputs[index]
     buffer = ctx.buffer(value)
     if buffer.shape == value.shape:
