@@ -74,6 +74,7 @@ from lowering.loop_ir import (
 )
 from lowering.microkernels import Microkernel
 from lowering.traversal import allocated_buffers, buffers_used, free_vars, walk
+from lowering.value_numbering import NumberingBuilder, remove_dead_instructions, scalar_int
 from lowering.vectorize import vectorize_loops
 from lowering.verifier import verify_kernel
 from lpjit.errors import CodegenError
@@ -158,7 +159,7 @@ class _FunctionEmitter:
         self.state, self.kernel, self.function = state, kernel, function
         entry = function.append_basic_block("entry")
         self.entry = ir.IRBuilder(entry)
-        self.builder = ir.IRBuilder(function.append_basic_block("body"))
+        self.builder = NumberingBuilder(function.append_basic_block("body"))
         self.ctx = OpContext(self.builder, state.module, tuple(kernel.fast_math),
                              state.options.features)
         self.values: dict[Var, ir.Value] = {}
@@ -170,6 +171,7 @@ class _FunctionEmitter:
     def finish(self) -> None:
         self.builder.ret_void()
         self.entry.branch(self.function.basic_blocks[1])
+        remove_dead_instructions(self.function)
 
     # -- values ------------------------------------------------------------------------------
     def expr(self, e: Expr) -> ir.Value:
@@ -224,6 +226,8 @@ class _FunctionEmitter:
 
     def splat(self, value: ir.Value, lanes: int) -> ir.Value:
         vector_type = ir.VectorType(value.type, lanes)
+        if isinstance(value, ir.Constant):
+            return ir.Constant(vector_type, [value] * lanes)
         inserted = self.builder.insert_element(ir.Constant(vector_type, ir.Undefined), value,
                                                ir.Constant(I32, 0))
         mask = ir.Constant(ir.VectorType(I32, lanes), [0] * lanes)
@@ -234,31 +238,57 @@ class _FunctionEmitter:
         return self.builder.gep(self.root_pointer(buffer), [offset],
                                 source_etype=storage_type(buffer.dtype))
 
-    def access(self, buffer: Buffer, indices: tuple[Expr, ...]):
-        """(pointer, lanes, dense) for a load/store; a gather/scatter returns lane offsets."""
+    def access(self, buffer: Buffer, indices: tuple[Expr, ...]
+               ) -> tuple[ir.Value, int, int | None]:
+        """``(where, lanes, step)`` of a load/store.
+
+        ``step`` 1 (dense: a scalar, or one index a ``Ramp`` whose stride times the
+        dimension's stride is one element) or another integer (strided: lane ``k`` at ``k *
+        step`` elements): ``where`` points at lane 0.  ``step`` None (a gather/scatter):
+        ``where`` is the vector of lane offsets."""
         lanes = max((i.type.lanes for i in indices), default=1)
-        last = indices[-1] if indices else None
-        dense = (lanes > 1 and isinstance(last, Ramp) and last.stride == 1
-                 and buffer.strides[-1] == 1 and all(i.type.lanes == 1 for i in indices[:-1]))
-        if lanes == 1 or dense:
-            scalars = (*indices[:-1], last.base) if dense else indices
+        vector_dims = [d for d, i in enumerate(indices) if i.type.lanes > 1]
+        if lanes == 1:
+            offset = self.flat_offset(buffer, [self.expr(i) for i in indices])
+            return self.element_pointer(buffer, offset), 1, 1
+        if len(vector_dims) == 1 and isinstance(indices[vector_dims[0]], Ramp):
+            ramp = indices[vector_dims[0]]
+            scalars = [ramp.base if d == vector_dims[0] else i for d, i in enumerate(indices)]
             offset = self.flat_offset(buffer, [self.expr(i) for i in scalars])
-            return self.element_pointer(buffer, offset), lanes, True
-        return self.flat_offset(buffer, [self.expr(i) for i in indices]), lanes, False
+            return (self.element_pointer(buffer, offset), lanes,
+                    ramp.stride * buffer.strides[vector_dims[0]])
+        return self.flat_offset(buffer, [self.expr(i) for i in indices]), lanes, None
+
+    def lane_pointers(self, buffer: Buffer, where: ir.Value, lanes: int, step: int | None
+                      ) -> list[ir.Value]:
+        """The address of each lane of a strided or gathered access (see ``access``)."""
+        bld = self.builder
+        if step is not None:
+            element = storage_type(buffer.dtype)
+            return [bld.gep(where, [ir.Constant(I64, lane * step)], source_etype=element)
+                    for lane in range(lanes)]
+        return [self.element_pointer(buffer, bld.extract_element(where, ir.Constant(I32, k)))
+                for k in range(lanes)]
+
+    def read(self, buffer: Buffer, pointer: ir.Value, typ: ir.Type, align: int | None
+             ) -> ir.Value:
+        """A load; loads of constants are numbered (the same constant read once)."""
+        if buffer.root.role == "constant":
+            return self.builder.invariant_load(pointer, typ, align)
+        return self.builder.load(pointer, typ=typ, align=align)
 
     def load(self, e: Load) -> ir.Value:
         buffer, bld = e.buffer, self.builder
         element = storage_type(buffer.dtype)
-        where, lanes, contiguous = self.access(buffer, e.indices)
-        if contiguous:
+        where, lanes, step = self.access(buffer, e.indices)
+        if step == 1:
             typ = element if lanes == 1 else ir.VectorType(element, lanes)
-            raw = bld.load(where, typ=typ, align=buffer.dtype.nbytes)
+            raw = self.read(buffer, where, typ, buffer.dtype.nbytes)
         else:
             raw = ir.Constant(ir.VectorType(element, lanes), ir.Undefined)
-            for lane in range(lanes):
-                index = ir.Constant(I32, lane)
-                pointer = self.element_pointer(buffer, bld.extract_element(where, index))
-                raw = bld.insert_element(raw, bld.load(pointer, typ=element), index)
+            for lane, pointer in enumerate(self.lane_pointers(buffer, where, lanes, step)):
+                raw = bld.insert_element(raw, self.read(buffer, pointer, element, None),
+                                         ir.Constant(I32, lane))
         return self.from_storage(raw, buffer, lanes)
 
     def from_storage(self, raw: ir.Value, buffer: Buffer, lanes: int) -> ir.Value:
@@ -284,15 +314,13 @@ class _FunctionEmitter:
 
     def store(self, s: Store) -> None:
         value = self.to_storage(self.expr(s.value), s.buffer)
-        where, lanes, contiguous = self.access(s.buffer, s.indices)
+        where, lanes, step = self.access(s.buffer, s.indices)
         bld = self.builder
-        if contiguous:
+        if step == 1:
             _store(bld, value, where, s.buffer.dtype.nbytes)
             return
-        for lane in range(lanes):
-            index = ir.Constant(I32, lane)
-            pointer = self.element_pointer(s.buffer, bld.extract_element(where, index))
-            _store(bld, bld.extract_element(value, index), pointer, 0)
+        for lane, pointer in enumerate(self.lane_pointers(s.buffer, where, lanes, step)):
+            _store(bld, bld.extract_element(value, ir.Constant(I32, lane)), pointer, 0)
 
     def loop(self, var: Var, start: ir.Value, stop: ir.Value, body: Stmt) -> None:
         """``for var in [start, stop)`` as header/body/latch blocks with a phi."""
@@ -301,17 +329,22 @@ class _FunctionEmitter:
         header = self.function.append_basic_block(f"{var.name}.header")
         body_block = self.function.append_basic_block(f"{var.name}.body")
         exit_block = self.function.append_basic_block(f"{var.name}.exit")
+        bld.enter_dominated()                 # the preheader dominates the loop and its exit
         bld.branch(header)
         bld.position_at_end(header)
         index = bld.phi(I64, name=var.name)
         index.add_incoming(start, preheader)
         bld.cbranch(bld.icmp_signed("<", index, stop), body_block, exit_block)
+        bld.enter_dominated()                 # so does the header
         bld.position_at_end(body_block)
+        first, last = bld.range_of(start), bld.range_of(stop)
+        if first is not None and last is not None:
+            bld.assume_range(index, first[0], last[1] - 1)     # inside the body only
         self.values[var] = index
-        self.stmt(body)
+        with bld.scope():
+            self.stmt(body)
         del self.values[var]
-        following = bld.add(index, ir.Constant(I64, 1))
-        following.flags.append("nsw")
+        following = bld.add(index, ir.Constant(I64, 1), flags=("nsw",))
         index.add_incoming(following, bld.block)
         bld.branch(header)
         bld.position_at_end(exit_block)
@@ -344,15 +377,22 @@ class _FunctionEmitter:
         del self.locals[s.var]
 
     def if_stmt(self, s: If) -> None:
-        cond = self.expr(s.cond)
+        cond, bld = self.expr(s.cond), self.builder
+        decided = scalar_int(cond)
+        if decided is not None:             # folded: only the arm that runs
+            taken = s.then if decided else s.otherwise
+            if taken is not None:
+                self.stmt(taken)
+            return
+        bld.enter_dominated()
         if s.otherwise is None:
-            with self.builder.if_then(cond):
+            with bld.if_then(cond), bld.scope():
                 self.stmt(s.then)
             return
-        with self.builder.if_else(cond) as (then, otherwise):
-            with then:
+        with bld.if_else(cond) as (then, otherwise):
+            with then, bld.scope():
                 self.stmt(s.then)
-            with otherwise:
+            with otherwise, bld.scope():
                 self.stmt(s.otherwise)
 
     def allocate(self, s: Allocate) -> None:
@@ -384,16 +424,18 @@ class _FunctionEmitter:
             "!=", bld.bitcast(bad, ir.IntType(lanes)), ir.Constant(ir.IntType(lanes), 0))
         fail_block = self.function.append_basic_block("bounds.fail")
         ok_block = self.function.append_basic_block("bounds.ok")
+        bld.enter_dominated()
         bld.cbranch(failed, fail_block, ok_block)
         bld.position_at_end(fail_block)
-        value = index
-        if lanes > 1:      # the first failing lane's index
-            value = bld.extract_element(index, ir.Constant(I32, lanes - 1))
-            for lane in reversed(range(lanes - 1)):
-                at = ir.Constant(I32, lane)
-                value = bld.select(bld.extract_element(bad, at),
-                                   bld.extract_element(index, at), value)
-        self.record_failure(s.record, s.site, value)
+        with bld.scope():
+            value = index
+            if lanes > 1:      # the first failing lane's index
+                value = bld.extract_element(index, ir.Constant(I32, lanes - 1))
+                for lane in reversed(range(lanes - 1)):
+                    at = ir.Constant(I32, lane)
+                    value = bld.select(bld.extract_element(bad, at),
+                                       bld.extract_element(index, at), value)
+            self.record_failure(s.record, s.site, value)
         bld.position_at_end(ok_block)
 
     def record_failure(self, record: Buffer, site: int, index: ir.Value) -> None:
@@ -418,9 +460,11 @@ class _FunctionEmitter:
         site = bld.load(self.element_pointer(record, ir.Constant(I64, 0)), typ=I64)
         fail_block = self.function.append_basic_block("bounds.failed")
         ok_block = self.function.append_basic_block("bounds.ok")
+        bld.enter_dominated()
         bld.cbranch(bld.icmp_unsigned("!=", site, ir.Constant(I64, 0)), fail_block, ok_block)
         bld.position_at_end(fail_block)
-        self.leave()
+        with bld.scope():
+            self.leave()
         bld.position_at_end(ok_block)
 
     # -- expressions -------------------------------------------------------------------------
@@ -435,11 +479,16 @@ class _FunctionEmitter:
         return self.splat(self.expr(e.value), e.lanes)
 
     def ramp(self, e: Ramp) -> ir.Value:
-        base = self.splat(self.expr(e.base), e.lanes)
         element = llvm_type(e.base.type)
+        base = self.expr(e.base)
+        first = scalar_int(base)
+        if first is not None:
+            return ir.Constant(ir.VectorType(element, e.lanes),
+                               [ir.Constant(element, first + e.stride * k)
+                                for k in range(e.lanes)])
         steps = ir.Constant(ir.VectorType(element, e.lanes),
                             [ir.Constant(element, e.stride * k) for k in range(e.lanes)])
-        return self.builder.add(base, steps)
+        return self.builder.add(self.splat(base, e.lanes), steps)
 
     def shuffle(self, e: Shuffle) -> ir.Value:
         vectors = [self.as_vector(self.expr(v)) for v in e.vectors]
@@ -536,11 +585,12 @@ class _ParallelOutliner:
         parent, bld = self.parent, self.parent.builder
         args = [parent.buffers[id(b)] for b in self.buffers] + [parent.var(v) for v in self.vars]
         extent = ir.Constant(I64, self.loop.extent)
+        bld.enter_dominated()
         with bld.if_else(bld.icmp_signed("==", parent.threads, ir.Constant(I32, 1))) as (
                 serial, forked):
-            with serial:
+            with serial, bld.scope():
                 bld.call(chunk, args + [ir.Constant(I64, 0), extent])
-            with forked:
+            with forked, bld.scope():
                 context = parent.entry_alloca(context_type)
                 for k, value in enumerate(args):
                     slot = bld.gep(context, [ir.Constant(I32, 0), ir.Constant(I32, k)],
@@ -572,6 +622,8 @@ class _ParallelOutliner:
             emitter.values[var] = arg
         begin, end = fn.args[-2], fn.args[-1]
         begin.name, end.name = "begin", "end"
+        for bound in (begin, end):          # the worker passes a share of [0, extent]
+            emitter.builder.assume_range(bound, 0, self.loop.extent)
         emitter.loop(self.loop.var, begin, end, self.loop.body)
         emitter.finish()
         return fn
