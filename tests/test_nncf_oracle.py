@@ -351,3 +351,20 @@ def test_weight_only_ir_matches_openvino(weight_only_ir: tuple[str, Path]) -> No
     assert [a.shape for a in actual] == [e.shape for e in expected]
     error = oracle.relative_l2(actual[0], expected[0])
     assert error < WEIGHT_ONLY_TOLERANCE, f"relative L2 {error:.3g}"
+
+
+def test_int8_ir_v10_is_read_and_matches_openvino(tmp_path: Path) -> None:
+    """An NNCF INT8 IR serialized as IR v10 (legacy version) reads and runs like v11: output
+    within 1e-3 of OpenVINO executing FakeQuantize as-is, else per-layer ties only; and the
+    lpjit reference gives identical outputs for the v10 and the v11 file."""
+    quantized = nncf_models.quantize(builders.resnet_like())
+    v10 = oracle.save(quantized, tmp_path / "v10", version=10)
+    v11 = oracle.save(quantized, tmp_path / "v11")
+    assert 'version="10"' in v10.read_text()[:500]
+    inputs = _inputs(v10)
+    expected = oracle.ov_run(v10, inputs, oracle.FQ_AS_IS_CONFIG)
+    actual = oracle.lpjit_reference(v10, inputs)
+    error = oracle.relative_l2(actual[0], expected[0])
+    ties = assert_differences_are_ties(compare_fake_quantizes(v10, inputs))
+    assert error < INT8_TOLERANCE or ties, f"relative L2 {error:.3g}"
+    np.testing.assert_array_equal(actual[0], oracle.lpjit_reference(v11, inputs)[0])
