@@ -363,3 +363,22 @@ def test_compiled_resnet_keeps_weights_in_int8(int8_case: Case, compiled_int8) -
     print(f"IR i8 weights {i8_bytes} B; resident {memory}")
     assert i8_bytes > 0 and int_weights <= 1.15 * i8_bytes
     assert memory.total_weight_bytes <= 1.15 * i8_bytes + scale_bytes
+
+
+def test_compiled_weight_only_model(weight_case: Case) -> None:
+    """Weight-only IRs compiled: every compressed MatMul is a CompressedMatMul kernel whose
+    weights stay 8-bit in memory (i4/u4 unpacked to a byte), and the output equals the
+    transformed graph's reference to float rounding (relative L2 <= 1e-5) and the original's
+    within 1e-3 (f32 vs f16 decompression, as OpenVINO)."""
+    compiled = lpjit.compile(weight_case.original, threads=1, cache=False)
+    report = compiled.precision_report()
+    assert sorted(layer.origin.name for layer in report.compressed_layers()) == sorted(
+        n.origin.name for n in compressed_matmuls(weight_case.original))
+    memory = compiled.memory_report()
+    low = memory.weight_bytes.get("i8", 0) + memory.weight_bytes.get("u8", 0)
+    assert low > 0 and low >= memory.weight_bytes.get("f32", 0), memory
+    actual = compiled(*weight_case.inputs)[0]
+    transformed = reference.run(weight_case.transformed, weight_case.inputs)[0]
+    original = reference.run(weight_case.original, weight_case.inputs)[0]
+    assert oracle.relative_l2(actual, transformed) <= 1e-5
+    assert oracle.relative_l2(actual, original) <= OUTPUT_TOLERANCE
