@@ -77,6 +77,8 @@ from lowering.ops.nn_tiles import (
 from lpjit.graph import Node
 
 Index = Expr | int
+# Widest dense load (bytes) of the blocked copy's vector path; larger strides copy per column.
+MAX_DENSE_BYTES = 512
 
 
 def q_conv_geometry(node: Node) -> ConvGeometry:
@@ -315,29 +317,31 @@ class BlockedCopy:
 
     def row(self, prefix: tuple[Index, Index, Index], x_rows: Sequence[Index],
             p_rows: Sequence[Index]) -> None:
-        """One padded row: per phase, zeros, the interleaved input columns, zeros.
+        """One padded row: per phase read (``g.read_phases()``), zeros, the interleaved input
+        columns, zeros.
 
         Columns ``j`` whose every phase reads inside the row are copied a vector at a time
         (the last vector shifted back; up to ``lanes`` columns, fewer on short rows) from
-        dense loads of ``stride * lanes`` input bytes, the phases split by shuffles; the few
-        others one at a time.
+        dense loads of ``stride * lanes`` input bytes (at most ``MAX_DENSE_BYTES``), the
+        phases split by shuffles; the few others one at a time.
         """
         g = self.g
         stride, low, width = g.strides[-1], g.pads_begin[-1], g.in_spatial[-1]
         columns = self.p.shape[-1] // self.group
-        spans = []
-        for phase in range(stride):
+        spans = {}
+        for phase in g.read_phases():
             first = min(columns, max(0, -((phase - low) // stride)))
-            spans.append((first, min(columns, max(first, (width - 1 + low - phase) // stride
-                                                  + 1))))
-        dense_first = max(first for first, _ in spans)
-        dense_stop = min(stop for _, stop in spans)
+            spans[phase] = (first, min(columns, max(first, (width - 1 + low - phase) // stride
+                                                    + 1)))
+        dense_first = max(first for first, _ in spans.values())
+        dense_stop = min(stop for _, stop in spans.values())
         lanes = self.lanes
-        while lanes > 2 and lanes > dense_stop - dense_first:
+        while lanes > 2 and (lanes > dense_stop - dense_first
+                             or stride * lanes > MAX_DENSE_BYTES):
             lanes //= 2
-        if dense_stop - dense_first < lanes:
+        if dense_stop - dense_first < lanes or stride * lanes > MAX_DENSE_BYTES:
             dense_first = dense_stop = columns
-        for phase, (first, stop) in enumerate(spans):
+        for phase, (first, stop) in spans.items():
             self.zero(prefix, p_rows, 0, first * self.group, phase)
             self.single(prefix, x_rows, p_rows, phase, first, min(stop, dense_first))
             self.single(prefix, x_rows, p_rows, phase, max(first, dense_stop), stop)
@@ -378,14 +382,14 @@ class BlockedCopy:
 
     def vectors(self, prefix: tuple[Index, Index, Index], x_rows: Sequence[Index],
                 p_rows: Sequence[Index], j: Expr, lanes: int) -> None:
-        """Columns ``j .. j+lanes-1`` of every phase: per channel one dense load of
+        """Columns ``j .. j+lanes-1`` of every phase read: per channel one dense load of
         ``stride * lanes`` bytes, split into phases, interleaved across the channels."""
         g = self.g
         stride = g.strides[-1]
         span = lb.ramp(j * stride - g.pads_begin[-1], stride * lanes)
         dense = [self.b.let(v, "x") for v in self.channel_values(prefix, x_rows, span,
                                                                  stride * lanes)]
-        for phase in range(stride):
+        for phase in g.read_phases():
             parts = dense if stride == 1 else [
                 lb.shuffle(v, [phase + stride * i for i in range(lanes)]) for v in dense]
             index = lb.ramp(j * self.group, self.group * lanes)

@@ -64,6 +64,12 @@ class ConvGeometry:
     pads_begin: tuple[int, ...]
     pads_end: tuple[int, ...]
 
+    def __attrs_post_init__(self) -> None:
+        """Along an axis with one output the stride multiplies only output index 0: make it 1,
+        so that no loop or buffer is sized by a stride past the input (legal, up to 2^24)."""
+        strides = tuple(1 if o == 1 else s for o, s in zip(self.out_spatial, self.strides))
+        object.__setattr__(self, "strides", strides)
+
     @classmethod
     def of(cls, node: Node) -> ConvGeometry:
         data, out = node.input_type(0).shape, node.output_types[0].shape
@@ -105,6 +111,12 @@ class ConvGeometry:
         width = outer.pop()
         stride = self.strides[-1]
         return (*outer, stride, -(-width // stride))
+
+    def read_phases(self) -> tuple[int, ...]:
+        """The phases of the phase-split copy that kernel taps read, ``(kw * d) % s``: at most
+        one per width tap however large the stride; only these are filled."""
+        stride, dilation = self.strides[-1], self.dilations[-1]
+        return tuple(sorted({kw * dilation % stride for kw in range(self.kernel[-1])}))
 
 
 def block_starts(extent: int, rows: int) -> list[int]:
@@ -184,10 +196,10 @@ def emit_padded_copy(b: lb.KernelBuilder, g: ConvGeometry, x: Buffer, p: Buffer,
 
 def _copy_width(b: lb.KernelBuilder, g: ConvGeometry, x: Buffer, p: Buffer,
                 x_row: Sequence[Index], p_row: Sequence[Index], lanes: int) -> None:
-    """One padded row: for each phase, zeros, the input columns, zeros."""
+    """One padded row: for each phase read, zeros, the input columns, zeros."""
     stride, low, width = g.strides[-1], g.pads_begin[-1], g.in_spatial[-1]
     columns = p.shape[-1]
-    for phase in range(stride):
+    for phase in g.read_phases():
         first = min(columns, max(0, -((phase - low) // stride)))
         stop = min(columns, max(first, (width - 1 + low - phase) // stride + 1))
         _zero_range(b, p, (*p_row, phase), 0, first, lanes)

@@ -84,6 +84,16 @@ class Window:
         hi = min(o, last // s + 1) if last >= 0 else 0
         return lo, max(lo, hi)
 
+    def taps(self, axis: int, first: int, last: int) -> tuple[int, int]:
+        """Kernel taps ``[lo, hi)`` of ``axis`` inside the input for some output in
+        ``first..last``: ``0 <= o*s - p + k*d < size``.  The others read only padding, so
+        the tap loops skip them (a 2^24-wide window costs what its in-bounds taps cost)."""
+        i, k, s, d, p = (self.size[axis], self.kernel[axis], self.stride[axis],
+                         self.dilation[axis], self.pad[axis])
+        lo = max(0, -((last * s - p) // d))
+        hi = min(k, (i - 1 + p - first * s) // d + 1)
+        return lo, max(lo, hi)
+
     def always_inside(self, axis: int) -> bool:
         lo, hi = self.interior(axis)
         return lo == 0 and hi == self.out[axis]
@@ -196,12 +206,18 @@ def _regions(window: Window, lanes: int) -> list[Region]:
 
 def _taps(b: lb.KernelBuilder, window: Window, source: Buffer, nc: tuple[Expr, ...],
           outs: Sequence[Expr], region: Region, body: PoolBody) -> None:
-    """Loops over the kernel positions, guarding taps that may fall in the padding."""
+    """Loops over the kernel positions that may lie inside the input for the region's
+    outputs (``Window.taps``), guarding those that may fall in the padding."""
     coords: list[Expr] = []
     with contextlib.ExitStack() as stack:
         last = len(outs) - 1
         for axis, o in enumerate(outs):
-            k = stack.enter_context(b.for_range(window.kernel[axis], SERIAL, "k"))
+            first, final = ((region.start, region.start + region.count * region.step - 1)
+                            if axis == last else (0, window.out[axis] - 1))
+            lo, hi = window.taps(axis, first, final)
+            k: Expr = stack.enter_context(b.for_range(hi - lo, SERIAL, "k"))
+            if lo:
+                k = k + lo
             if axis == last and region.block:
                 o = o.base                      # the block's first output
             index = _input_index(o, k, window, axis)

@@ -2,8 +2,8 @@
 
 Interpolate-4 takes (data, sizes, scales, [axes]); Interpolate-11 takes (data, scales_or_sizes,
 [axes]), the second input holding sizes or scales as ``shape_calculation_mode`` says.  The data
-is zero-padded by ``pads_begin``/``pads_end`` (resized to the input rank when the node is built)
-before resizing.  Output shapes need the sizes/scales and axes inputs to be constants.
+is zero-padded by ``pads_begin``/``pads_end`` (resized to the input rank when the node is built;
+each at most ``nn.WINDOW_LIMIT``, else ``BadAttributeError``) before resizing.  Output shapes need the sizes/scales and axes inputs to be constants.
 Numpy semantics are in ``lpjit.reference.interpolate``.
 """
 
@@ -19,7 +19,7 @@ from lpjit.attributes import Attributes
 from lpjit.errors import UnsupportedOpError
 from lpjit.graph import Node, Shape, TensorType, constant_value, opclass
 from lpjit.ops.common import format_float
-from lpjit.ops.nn import format_bool, format_ints
+from lpjit.ops.nn import check_window_limit, format_bool, format_ints
 from lpjit.ops.registry import register
 
 MODES = ("nearest", "linear", "linear_onnx", "cubic", "bilinear_pillow", "bicubic_pillow")
@@ -165,6 +165,8 @@ class Interpolate(Node):
         if any(p < 0 for p in (*self.pads_begin, *self.pads_end)):
             raise self.error(f"pads_begin={self.pads_begin}, pads_end={self.pads_end} must not "
                              "be negative")
+        check_window_limit(self, "pads_begin", self.pads_begin)
+        check_window_limit(self, "pads_end", self.pads_end)
         axes = self.axes
         port, what = ((self.scales_port(), "scales") if self.uses_scales
                       else (self.sizes_port(), "sizes"))

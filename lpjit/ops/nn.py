@@ -5,6 +5,13 @@ spatial dims; ``auto_pad`` (``same_upper``, ``same_lower``, ``valid``) pads are 
 input shape when the node is built, so ``pads_begin``/``pads_end`` always hold the effective pads
 and no later stage recomputes them (``auto_pad`` is kept for the writer, which writes zero pads
 as OpenVINO does).  Numpy semantics are in ``lpjit.reference.nn``.
+
+Window attributes are limited when the node is built: pool kernels, strides, dilations and
+(effective) pads above ``WINDOW_LIMIT`` (2^24) raise ``BadAttributeError``.  No real model
+comes near (a 2^24 stride is a 16M-pixel step); above it, sizes derived from them (padded
+extents, ``stride * index``, dilated kernels) leave the range the compiler's int64 index
+arithmetic and work estimates are written for.  Values between the input extent and the limit
+are legal and keep OpenVINO's meaning (a stride past the input gives one window).
 """
 
 from __future__ import annotations
@@ -17,12 +24,22 @@ import attrs
 from lpjit import dtypes
 from lpjit.attributes import Attributes
 from lpjit.dtypes import DType
+from lpjit.errors import BadAttributeError
 from lpjit.graph import Node, Shape, TensorType, opclass
 from lpjit.ops.common import broadcast_shapes, require_same_dtype
 from lpjit.ops.registry import register
 
 AUTO_PAD = ("explicit", "same_upper", "same_lower", "valid", "notset")
 SPATIAL_RANKS = (3, 4, 5)
+# Largest pool kernel, stride, dilation or pad lpjit accepts (see the module docstring).
+WINDOW_LIMIT = 1 << 24
+
+
+def check_window_limit(node: Node, name: str, values: Sequence[int], note: str = "") -> None:
+    """``BadAttributeError`` naming ``node`` when a value of ``name`` exceeds ``WINDOW_LIMIT``."""
+    if any(v > WINDOW_LIMIT for v in values):
+        raise node.error(f"{name}={tuple(values)}{note} is out of range; lpjit supports "
+                         f"values of at most {WINDOW_LIMIT} (2^24)", BadAttributeError)
 
 
 def format_ints(values: Sequence[int]) -> str:
@@ -103,6 +120,8 @@ class SlidingWindow(Node):
     pads_begin: tuple[int, ...] = attrs.field(default=(), converter=tuple)
     pads_end: tuple[int, ...] = attrs.field(default=(), converter=tuple)
     auto_pad: str = "explicit"
+    # The lists limited by ``WINDOW_LIMIT`` (a convolution's kernel is its weights' shape).
+    limited: ClassVar[tuple[str, ...]] = ("strides", "dilations", "pads_begin", "pads_end")
 
     def __attrs_post_init__(self) -> None:
         """Resolve ones/zeros/auto pads when the input ranks allow it, then infer types."""
@@ -147,7 +166,8 @@ class SlidingWindow(Node):
         return data
 
     def check_window(self, kernel: Sequence[int], dilations: Sequence[int]) -> None:
-        """Every per-axis list has one entry per spatial dim; strides/dilations/kernel > 0."""
+        """Every per-axis list has one entry per spatial dim; strides/dilations/kernel > 0;
+        pads >= 0; the ``limited`` lists <= ``WINDOW_LIMIT``."""
         n = self.spatial_rank
         lists = {"kernel": kernel, "strides": self.strides, "dilations": dilations,
                  "pads_begin": self.pads_begin, "pads_end": self.pads_end}
@@ -161,6 +181,9 @@ class SlidingWindow(Node):
         if any(p < 0 for p in (*self.pads_begin, *self.pads_end)):
             raise self.error(f"pads_begin={self.pads_begin}, pads_end={self.pads_end} must not "
                              "be negative")
+        resolved = "" if self.auto_pad == "explicit" else f" (from auto_pad={self.auto_pad})"
+        for name in self.limited:
+            check_window_limit(self, name, lists[name], resolved if "pads" in name else "")
 
     def spatial_output(self, kernel: Sequence[int], dilations: Sequence[int],
                        rounding: str = "floor") -> Shape:
@@ -294,6 +317,7 @@ class Pool(SlidingWindow):
     kernel: tuple[int, ...] = attrs.field(converter=tuple)
     rounding_type: str = "floor"
     arity: ClassVar = (1, 1)
+    limited: ClassVar[tuple[str, ...]] = ("kernel", *SlidingWindow.limited)
     rounding_types: ClassVar[tuple[str, ...]] = ("floor", "ceil")
 
     @classmethod

@@ -8,19 +8,27 @@ reference) or the ``LpjitError`` that now replaces the failure.
 
 from __future__ import annotations
 
+import math
+import re
 from pathlib import Path
 
+import lowp_graphs as lg
 import numpy as np
 import openvino as ov
 import oracle
 import pytest
-from openvino import opset1
+from openvino import opset1, opset8, opset11
 
 import lpjit
+from fuzz import runner
 from lowering.builder import KernelBuilder
+from lowering.loop_ir import For, Stmt
 from lowering.lower_graph import LoweringOptions, lower_graph_to_loops
 from lowering.program_exec import llvm_compiler, numba_compiler, run_program
+from lowering.traversal import children
 from lpjit import reference
+from lpjit.errors import BadAttributeError
+from lpjit.ops import nn
 
 pytestmark = pytest.mark.oracle
 
@@ -36,6 +44,11 @@ def compiled_equals_reference(xml: Path, inputs: list[np.ndarray]) -> list[np.nd
         assert (a.shape, a.dtype) == (e.shape, e.dtype)
         np.testing.assert_array_equal(a, e)
     return actual
+
+
+def edit(text: str, old: str, new: str) -> str:
+    assert old in text, old
+    return text.replace(old, new)
 
 
 # -- 1. scalar (0-d) constants and parameters --------------------------------------------------
@@ -87,3 +100,157 @@ def test_0d_parameter_returned_and_computed(tmp_path):
     value = np.asarray(np.random.default_rng(13).integers(-1000, 1000), np.int32)
     same, square = compiled_equals_reference(oracle.save(model, tmp_path), [value])
     assert same.shape == () and square == value * value
+
+
+# -- 2. window attributes: limits, and lowerings sized by the tensors --------------------------
+
+K24 = 1 << 24
+
+
+def loop_iterations(stmt: Stmt) -> int:
+    """Iterations of every loop body of ``stmt`` if no ``If`` were ever false."""
+    own = stmt.extent if isinstance(stmt, For) else 1
+    inner = sum(loop_iterations(c) for c in children(stmt) if isinstance(c, Stmt))
+    return own * max(inner, 1)
+
+
+def program_iterations(model: lpjit.CompiledModel) -> int:
+    return sum(loop_iterations(step.kernel.body) for step in model.program.steps)
+
+
+def window_model(tmp_path: Path, kind: str) -> tuple[str, bytes]:
+    """x[1, 3, 5, 5] through a Convolution (strides 10, pads 1), a MaxPool-8 (kernel 2,
+    explicit pads 1) or an Interpolate-11 (pads 1), saved by OpenVINO."""
+    x = opset1.parameter([1, 3, 5, 5], np.float32, name="x")
+    if kind == "conv":
+        w = np.random.default_rng(21).standard_normal((4, 3, 3, 3)).astype(np.float32)
+        y = opset1.convolution(x, opset1.constant(w), [10, 10], [1, 1], [1, 1], [1, 1],
+                               name="conv")
+    elif kind == "pool":
+        y = opset8.max_pool(x, [1, 1], [1, 1], [1, 1], [1, 1], [2, 2], name="mp").output(0)
+    else:
+        y = opset11.interpolate(x, opset1.constant(np.float32([2.0, 2.0])), "nearest",
+                                "scales", axes=opset1.constant(np.int64([2, 3])),
+                                pads_begin=[0, 0, 1, 1], pads_end=[0, 0, 1, 1], name="resize")
+    xml = oracle.save(ov.Model([y], [x], kind), tmp_path)
+    return xml.read_text(), xml.with_suffix(".bin").read_bytes()
+
+
+@pytest.mark.parametrize("kind, old, new, message", [
+    ("conv", 'strides="10, 10"', 'strides="10, 9223372036854775807"',
+     "Convolution 'conv' (layer 2): strides=(10, 9223372036854775807) is out of range"),
+    ("conv", 'dilations="1, 1"', 'dilations="16777217, 1"',
+     "Convolution 'conv' (layer 2): dilations=(16777217, 1) is out of range"),
+    ("conv", 'pads_begin="1, 1"', 'pads_begin="1, 16777217"',
+     "Convolution 'conv' (layer 2): pads_begin=(1, 16777217) is out of range"),
+    ("pool", 'kernel="2, 2"', 'kernel="4294967296, 2"',
+     "MaxPool 'mp' (layer 1): kernel=(4294967296, 2) is out of range"),
+    ("pool", 'pads_end="1, 1"', 'pads_end="16777217, 1"',
+     "MaxPool 'mp' (layer 1): pads_end=(16777217, 1) is out of range"),
+    ("pool", 'auto_pad="explicit"',
+     'auto_pad="same_upper" dilations="1, 4" kernel="2, 16777216"',
+     ("MaxPool 'mp' (layer 1): pads_begin=(0, 33554430) (from auto_pad=same_upper) is out "
+      "of range")),
+    ("interpolate", 'pads_end="0, 0, 1, 1"', 'pads_end="0, 0, 1, 16777217"',
+     "Interpolate 'resize' (layer 3): pads_end=(0, 0, 1, 16777217) is out of range"),
+])
+def test_window_attribute_past_2_24_is_a_bad_attribute(tmp_path, kind, old, new, message):
+    """Was: a compiler hang (conv strides 2^63 - 1: a Python loop over every phase of the
+    stride) and a minutes-long run (a 2^32-wide MaxPool window looping over every tap)."""
+    text, weights = window_model(tmp_path, kind)
+    if "auto_pad" in old:
+        text = edit(edit(text, ' kernel="2, 2"', ""), ' dilations="1, 1"', "")
+    with pytest.raises(BadAttributeError, match=re.escape(
+            f"{message}; lpjit supports values of at most 16777216 (2^24)")):
+        lpjit.read_ir(edit(text, old, new), weights)
+
+
+def test_attributes_at_the_limit_read(tmp_path):
+    """2^24 itself is accepted everywhere."""
+    for kind, old, new in [("conv", 'strides="10, 10"', 'strides="16777216, 16777216"'),
+                           ("pool", 'pads_end="1, 1"', 'pads_end="16777216, 1"'),
+                           ("interpolate", 'pads_end="0, 0, 1, 1"',
+                            'pads_end="0, 0, 1, 16777216"')]:
+        text, weights = window_model(tmp_path / kind, kind)
+        graph = lpjit.read_ir(edit(text, old, new), weights)
+        assert graph.results[0].inputs[0].shape[:2] == (1, 3 if kind != "conv" else 4)
+
+
+def quantized_conv_graph(strides, pads_begin, pads_end, shape, kernel, groups: int,
+                         seed: int) -> lpjit.Graph:
+    """FakeQuantize(x) -> (Group)Convolution with FakeQuantized weights: integer mode
+    lowers it to the integer kernels."""
+    rng = np.random.default_rng(seed)
+    x = lg.parameter(shape)
+    channels = shape[1]
+    w_shape = (channels, 1, 1, *kernel) if groups > 1 else (4, channels, *kernel)
+    weights = lg.fq_weights(rng.standard_normal(w_shape).astype(np.float32))
+    cls = nn.GroupConvolution if groups > 1 else nn.Convolution
+    y = cls(origin=lg.origin("conv", cls.__name__), inputs=(lg.fake_quantize(x.output, -3, 3),
+                                                            weights),
+            strides=strides, pads_begin=pads_begin, pads_end=pads_end, dilations=(1, 1))
+    return lg.graph([x], y.output)
+
+
+def float_conv_graph(strides, pads_begin, pads_end, shape, kernel, groups: int,
+                     seed: int) -> lpjit.Graph:
+    rng = np.random.default_rng(seed)
+    x = lg.parameter(shape)
+    channels = shape[1]
+    w_shape = (channels, 1, 1, *kernel) if groups > 1 else (4, channels, *kernel)
+    cls = nn.GroupConvolution if groups > 1 else nn.Convolution
+    y = cls(origin=lg.origin("conv", cls.__name__),
+            inputs=(x.output, lg.f32(rng.standard_normal(w_shape))),
+            strides=strides, pads_begin=pads_begin, pads_end=pads_end, dilations=(1, 1))
+    return lg.graph([x], y.output)
+
+
+@pytest.mark.parametrize("make", [float_conv_graph, quantized_conv_graph])
+@pytest.mark.parametrize("groups", [1, 3])
+@pytest.mark.parametrize("strides, pads_begin, pads_end, shape, kernel", [
+    ((K24, K24), (1, 1), (1, 1), (1, 3, 5, 5), (3, 3)),          # one window
+    ((1, 1000), (0, 0), (0, 3000), (1, 3, 5, 5), (3, 3)),       # 4 columns, 1000 phases
+    ((500, 500), (1000, 1000), (1000, 1000), (1, 3, 5, 5), (3, 3)),
+    ((1, 1000), (0, 0), (0, 0), (1, 3, 2, 3000), (1, 3)),       # dense copy past 512 bytes
+])
+def test_conv_with_huge_strides_compiles_to_work_of_the_tensor_sizes(
+        make, groups, strides, pads_begin, pads_end, shape, kernel):
+    """Was: a hang in the padded copy (``for phase in range(stride)``, one copy per phase
+    of the width stride).  An axis with one output uses stride 1; the copy fills only the
+    phases the kernel taps read; loop iterations stay within the padded input's size."""
+    graph = make(strides, pads_begin, pads_end, shape, kernel, groups, seed=22)
+    data = np.random.default_rng(23).uniform(-3, 3, shape).astype(np.float32)
+    with runner.time_limit(60):
+        model = lpjit.compile(graph, threads=1)
+    expected = reference.run(graph, [data])[0]
+    np.testing.assert_allclose(model(data)[0], expected, rtol=1e-5, atol=1e-5)
+    padded = math.prod(i + b + e for i, b, e in zip(shape[2:], pads_begin, pads_end))
+    assert program_iterations(model) <= 4 * 3 * (padded + expected.size * 27)
+
+
+def pool_graph(cls: type[nn.Pool], kernel: tuple[int, int], extra: dict) -> lpjit.Graph:
+    x = lg.parameter((1, 3, 5, 5))
+    pool = cls(origin=lg.origin("pool", "Pool"), inputs=(x.output,), kernel=kernel,
+               strides=(1, 2), auto_pad="same_upper", **extra)
+    return lg.graph([x], *pool.outputs)
+
+
+@pytest.mark.parametrize("cls, kernel, extra", [
+    (nn.MaxPoolV1, (K24, 2), {}),
+    (nn.MaxPoolV8, (3, K24), {"dilations": (2, 1), "axis": 2}),
+    (nn.AvgPoolV1, (4096, 3), {"exclude_pad": True}),
+    (nn.AvgPoolV1, (4096, 3), {"exclude_pad": False}),
+])
+def test_pool_with_a_huge_window_loops_over_its_in_bounds_taps(cls, kernel, extra):
+    """Was: minutes in a MaxPool with a 2^32-wide same_upper window (every output looped
+    over every tap, all but a few in the padding).  Tap loops now cover the taps that lie
+    inside the input for some output of the loop's range.  (The reference runs max pools
+    with a 4097-wide window instead: every window still covers its whole input row, and the
+    reference's cost grows with the window.)"""
+    graph = pool_graph(cls, kernel, extra)
+    data = np.random.default_rng(24).uniform(-3, 3, (1, 3, 5, 5)).astype(np.float32)
+    model = lpjit.compile(graph, threads=1)
+    assert program_iterations(model) <= 3 * 5 * 5 * 25 * 4
+    small = pool_graph(cls, tuple(min(k, 4097) for k in kernel), extra)
+    for actual, expected in zip(model(data), reference.run(small, [data])):
+        np.testing.assert_allclose(actual, expected, rtol=1e-6)

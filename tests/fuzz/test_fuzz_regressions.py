@@ -141,21 +141,36 @@ def test_fake_quantize_levels_of_size_t_max_runs(fake_quantize_ir):
 def test_pool_of_a_constant_with_a_huge_window_is_not_folded_while_reading(tmp_path):
     """Was: MemoryError (96 GiB) while reading an 8 kB IR: shape-subgraph folding ran the
     reference MaxPool-1 of an i32 Const, which pads the input by the 2^32-wide same_upper
-    window.  Pools never fold now; the graph reads at once."""
+    window.  Pools never fold now, and a kernel past 2^24 is refused (``WINDOW_LIMIT``); a
+    2^24-wide window reads at once."""
     c = opset1.constant(np.arange(25, dtype=np.int32).reshape(1, 1, 5, 5), name="c")
     pool = opset1.max_pool(c, [1, 1], [0, 0], [0, 0], [2, 2], "floor", "same_upper", name="mp")
     text, weights = saved(ov.Model([pool], [], "pool"), tmp_path)
-    huge = edit(text, 'kernel="2, 2"', 'kernel="4294967296, 2"')
     with runner.address_space_limit(1 << 30):
-        graph = lpjit.read_ir(huge, weights)
+        with pytest.raises(BadAttributeError, match=re.escape(
+                "MaxPool 'mp' (layer 1): kernel=(4294967296, 2) is out of range; lpjit "
+                "supports values of at most 16777216 (2^24)")):
+            lpjit.read_ir(edit(text, 'kernel="2, 2"', 'kernel="4294967296, 2"'), weights)
+        graph = lpjit.read_ir(edit(text, 'kernel="2, 2"', 'kernel="16777216, 2"'), weights)
     assert [n.kind for n in graph.nodes] == ["Constant", "MaxPoolV1", "Result"]
-    assert graph.nodes[1].pads_begin == (2147483647, 0)
+    assert graph.nodes[1].pads_begin == (2 ** 23 - 1, 0)
 
 
 @pytest.mark.parametrize("stride", ["9223372036854775808", "18446744073709551616"])
-def test_convolution_with_a_stride_past_int64_runs_its_single_window(tmp_path, stride):
+def test_convolution_with_a_stride_past_int64_is_a_bad_attribute(tmp_path, stride):
     """Was: OverflowError 'Python int too large to convert to C long' from the reference's
-    strided window view.  A stride larger than the input gives one window, as stride 10 does."""
+    strided window view; then (strides past 2^24 accepted) a compiler hang."""
+    x = opset1.parameter([1, 3, 5, 5], np.float32, name="x")
+    w = opset1.constant(np.random.default_rng(9).standard_normal((4, 3, 3, 3)).astype(np.float32))
+    conv = opset1.convolution(x, w, [10, 10], [1, 1], [1, 1], [1, 1], name="conv")
+    text, weights = saved(ov.Model([conv], [x], "conv"), tmp_path)
+    with pytest.raises(BadAttributeError, match=re.escape(
+            f"Convolution 'conv' (layer 2): strides=({stride}, {stride}) is out of range")):
+        lpjit.read_ir(edit(text, 'strides="10, 10"', f'strides="{stride}, {stride}"'), weights)
+
+
+def test_convolution_with_a_stride_at_the_limit_runs_its_single_window(tmp_path):
+    """A stride larger than the input gives one window, as stride 10 does."""
     rng = np.random.default_rng(9)
     x = opset1.parameter([1, 3, 5, 5], np.float32, name="x")
     w = opset1.constant(rng.standard_normal((4, 3, 3, 3)).astype(np.float32))
@@ -163,19 +178,19 @@ def test_convolution_with_a_stride_past_int64_runs_its_single_window(tmp_path, s
     text, weights = saved(ov.Model([conv], [x], "conv"), tmp_path)
     data = rng.uniform(-2, 2, (1, 3, 5, 5)).astype(np.float32)
     expected = reference.run(lpjit.read_ir(text, weights), [data])[0]
-    huge = lpjit.read_ir(edit(text, 'strides="10, 10"', f'strides="{stride}, {stride}"'),
+    huge = lpjit.read_ir(edit(text, 'strides="10, 10"', 'strides="16777216, 16777216"'),
                          weights)
     np.testing.assert_array_equal(reference.run(huge, [data])[0], expected)
 
 
 def test_max_pool_8_with_huge_stride_and_dilation_runs(tmp_path):
-    """The indices output of MaxPool-8 with a stride and a (kernel-1) dilation past int64."""
+    """The indices output of MaxPool-8 with a stride and a (kernel-1) dilation of 2^24."""
     x = opset1.parameter([1, 2, 4, 4], np.float32, name="x")
     pool = opset8.max_pool(x, [10, 10], [1, 1], [0, 0], [0, 0], [2, 1], name="mp")
     text, weights = saved(ov.Model(pool.outputs(), [x], "pool"), tmp_path)
     data = np.random.default_rng(4).uniform(-2, 2, (1, 2, 4, 4)).astype(np.float32)
     expected = reference.run(lpjit.read_ir(text, weights), [data])
-    text = edit(text, 'strides="10, 10"', 'strides="18446744073709551616, 10"')
-    text = edit(text, 'dilations="1, 1"', 'dilations="1, 18446744073709551616"')
+    text = edit(text, 'strides="10, 10"', 'strides="16777216, 10"')
+    text = edit(text, 'dilations="1, 1"', 'dilations="1, 16777216"')
     for actual, wanted in zip(reference.run(lpjit.read_ir(text, weights), [data]), expected):
         np.testing.assert_array_equal(actual, wanted)
