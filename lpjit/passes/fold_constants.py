@@ -11,6 +11,15 @@ is computed in f32 on the exactly converted values, with no rounding to f16 betw
 steps: ``W = (float(q) - float(zero_point)) * float(scale)``, each step rounded to f32.  The
 reference executor (and a literal reading of the IR) rounds every f16 step, which differs
 from OpenVINO by up to half an f16 ulp.
+
+Size limit: a node folds only when what its evaluator materialises (its outputs plus the
+hidden arrays of ``lpjit.reference.workspace``, in the output element size) takes at most
+``max_bytes`` (16 MiB), or at most ``max_growth`` (8) times the bytes of its Constant
+inputs.  The first bound keeps a Broadcast or Tile of a small Constant to a huge shape, or a
+pool with a 2^24-wide window, from allocating gigabytes at compile time from a small file;
+the second still folds every weight-decompression step of any size (an i4 or u4 Convert to
+f16 is 4x its input, f16 to f32 2x), so compiled weights keep the f32 rule above.  Larger
+nodes stay in the graph, computed at run time by their lowerings.
 """
 
 from __future__ import annotations
@@ -25,6 +34,7 @@ from lpjit.ops.core import Convert
 from lpjit.ops.movement import Transpose
 from lpjit.ops.shape import Reshape, Squeeze, Unsqueeze
 from lpjit.reference import EVALUATORS, evaluate_node
+from lpjit.reference.workspace import hidden_elements, numel
 
 # Types whose values an f16 Convert represents exactly (the start of a decompression chain).
 EXACT_IN_F16 = frozenset({dtypes.f16, dtypes.i8, dtypes.u8, dtypes.i4, dtypes.u4})
@@ -37,9 +47,12 @@ DECOMPRESSION_MOVEMENT = (Reshape, Squeeze, Unsqueeze, Transpose)
 @attrs.frozen
 class FoldConstantsOptions:
     """``f32_decompression``: compute f16 weight-decompression chains in f32 as OpenVINO's
-    CPU plugin does (default); ``False`` folds them literally, rounding each step to f16."""
+    CPU plugin does (default); ``False`` folds them literally, rounding each step to f16.
+    ``max_bytes``, ``max_growth``: the size limit of the module docstring."""
 
     f32_decompression: bool = True
+    max_bytes: int = 16 << 20
+    max_growth: int = 8
 
 
 DEFAULT_OPTIONS = FoldConstantsOptions()
@@ -49,10 +62,10 @@ def fold_constants(graph: Graph, options: FoldConstantsOptions = DEFAULT_OPTIONS
     """Replace every node whose inputs are all Constants by a Constant holding its value.
 
     Requires a graph whose ops all have reference evaluators.  Ensures that no node other
-    than a Parameter, Result or Constant has only Constant inputs (a multi-output node's
-    outputs become one Constant each, at their consumers).  Origins and tensor names of folded
-    nodes are kept.  The f16 decompression rule is in the module docstring.  Returns
-    ``graph`` itself when nothing folds.
+    than a Parameter, Result or Constant has only Constant inputs, except nodes past the size
+    limit (module docstring); a multi-output node's outputs become one Constant each, at their
+    consumers.  Origins and tensor names of folded nodes are kept.  The f16 decompression rule
+    is in the module docstring.  Returns ``graph`` itself when nothing folds.
     """
     return rebuild(graph, _Folder(options).rewrite)
 
@@ -71,6 +84,8 @@ class _Folder:
         node = self._split_inputs(node)
         if isinstance(node, (Parameter, Result, Constant)) or not _all_constant(node):
             return node
+        if not self._small_enough(node):
+            return node
         if len(node.output_types) != 1:
             self._fold_outputs(node)
             return node
@@ -82,6 +97,14 @@ class _Folder:
         if wide is not None:
             self.wide[folded] = wide
         return folded
+
+    def _small_enough(self, node: Node) -> bool:
+        """Whether folding ``node`` stays within the size limit (module docstring)."""
+        bits = max(t.dtype.bits for t in node.output_types)
+        elements = sum(numel(t.shape) for t in node.output_types) + hidden_elements(node)
+        inputs = sum(_data(v).nbytes for v in node.inputs)
+        limit = max(self.options.max_bytes, self.options.max_growth * inputs)
+        return elements * max(bits, 8) // 8 <= limit
 
     def _split_inputs(self, node: Node) -> Node:
         """``node`` reading the Constants of folded multi-output producers."""

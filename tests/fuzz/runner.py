@@ -18,7 +18,7 @@ import resource
 import signal
 import tempfile
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 
 import attrs
@@ -28,9 +28,8 @@ import lpjit
 from fuzz.mutations import Case
 from lpjit import reference
 from lpjit.errors import LpjitError
-from lpjit.graph import Graph, Node
-from lpjit.ops.attention import ScaledDotProductAttention
-from lpjit.ops.nn import SlidingWindow
+from lpjit.graph import Graph
+from lpjit.reference.workspace import graph_elements
 
 # Graphs whose tensors hold more elements than this in total are read but not executed.
 MAX_REFERENCE_ELEMENTS = 1_000_000
@@ -60,35 +59,10 @@ class Outcome:
         return f"{self.stage}: {self.result}"
 
 
-def _numel(shape: Sequence[int]) -> int:
-    count = 1
-    for d in shape:
-        count *= int(d)
-    return count
-
-
-def _hidden_elements(node: Node) -> int:
-    """Elements an evaluator materialises besides its outputs: the padded input and the window
-    matrix ``[N, C, *out, *kernel]`` of a convolution or pool (a legal MaxPool with a 2^32-wide
-    ``same_upper`` window has a tiny output), the scores ``[..., L, S]`` of attention."""
-    if isinstance(node, SlidingWindow):
-        data, out = node.input_type(0).shape, node.output_types[0].shape
-        kernel = node.window_kernel() or ()
-        padded = [i + b + e for i, b, e in zip(data[2:], node.pads_begin, node.pads_end)]
-        return _numel(data[:2]) * (_numel(padded) + _numel(out[2:]) * _numel(kernel))
-    if isinstance(node, ScaledDotProductAttention):
-        query, key = node.input_type(0).shape, node.input_type(1).shape
-        return _numel(node.output_types[0].shape[:-1]) * key[-2] + _numel(query)
-    return 0
-
-
 def total_elements(graph: Graph) -> int:
     """Elements the reference executor materialises: every tensor plus the hidden ones of
-    windowed ops and attention (exact int)."""
-    count = 0
-    for node in graph.nodes:
-        count += sum(_numel(t.shape) for t in node.output_types) + _hidden_elements(node)
-    return count
+    windowed ops, Interpolate and attention (``lpjit.reference.workspace``; exact int)."""
+    return graph_elements(graph)
 
 
 def random_inputs(graph: Graph, seed: int) -> list[np.ndarray]:

@@ -17,7 +17,7 @@ import numpy as np
 import openvino as ov
 import oracle
 import pytest
-from openvino import opset1, opset8, opset11
+from openvino import opset1, opset3, opset8, opset11
 
 import lpjit
 from fuzz import runner
@@ -254,3 +254,21 @@ def test_pool_with_a_huge_window_loops_over_its_in_bounds_taps(cls, kernel, extr
     small = pool_graph(cls, tuple(min(k, 4097) for k in kernel), extra)
     for actual, expected in zip(model(data), reference.run(small, [data])):
         np.testing.assert_allclose(actual, expected, rtol=1e-6)
+
+
+# -- 3. constant folding within a size limit ---------------------------------------------------
+
+def test_a_large_constant_broadcast_is_computed_at_run_time(tmp_path):
+    """Was: fold_constants evaluated every Constant-only node, whatever its size (a Broadcast
+    of a small Const to a huge shape allocated gigabytes while compiling).  A 32 MiB
+    Broadcast is past the 16 MiB limit: it stays in the graph and its lowering computes it."""
+    rng = np.random.default_rng(31)
+    row = rng.standard_normal(4096).astype(np.float32)
+    x = opset1.parameter([1, 4096], np.float32, name="x")
+    wide = opset3.broadcast(opset1.constant(row), opset1.constant(np.int64([2048, 4096])),
+                            name="wide")
+    model = ov.Model([opset1.add(x, wide, name="sum")], [x], "broadcast")
+    compiled = lpjit.compile(oracle.save(model, tmp_path), threads=1)
+    assert "BroadcastV3" in [n.kind for n in compiled.graph.nodes]
+    data = rng.uniform(-3, 3, (1, 4096)).astype(np.float32)
+    np.testing.assert_array_equal(compiled(data)[0], np.broadcast_to(data + row, (2048, 4096)))

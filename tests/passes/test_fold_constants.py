@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import tracemalloc
+
 import numpy as np
 import pytest
 
@@ -11,7 +13,8 @@ from lpjit.ops import activations as act
 from lpjit.ops import elementwise as ew
 from lpjit.ops.core import Convert
 from lpjit.ops.movement import Split
-from lpjit.ops.shape import Reshape
+from lpjit.ops.nn import MaxPoolV1
+from lpjit.ops.shape import BroadcastV3, Reshape, Tile
 from lpjit.passes.fold_constants import FoldConstantsOptions, fold_constants
 
 _ids = iter(range(1, 10_000))
@@ -162,3 +165,61 @@ def test_every_exact_source_type_starts_a_chain(source: dtypes.DType) -> None:
                destination_type=dtypes.f32)
     expected = q.astype(np.float32) * scale.astype(np.float32)
     np.testing.assert_array_equal(folded_value(fold_constants(model(chain))), expected)
+
+
+# -- size limit ----------------------------------------------------------------------------
+
+def test_huge_broadcast_and_tile_of_constants_stay_unfolded_and_allocate_nothing() -> None:
+    """A Broadcast of a 2x3 Const to [4096, 8192, 2, 3] (768 MiB) and a Tile of it by
+    [4096, 4096] (384 MiB): past 16 MiB and 8x their inputs, so they stay in the graph
+    for their lowerings; folding allocates nothing for them."""
+    data = np.random.default_rng(7).normal(size=(2, 3)).astype(np.float32)
+    wide = op(BroadcastV3, const(data), const(np.array([4096, 2, 3], np.int64)))
+    tiled = op(Tile, const(data), const(np.array([4096, 4096], np.int64)))
+    small = op(Tile, const(data), const(np.array([2, 2], np.int64)))
+    graph = model(op(BroadcastV3, const(data), const(np.array([4096, 8192, 2, 3], np.int64))),
+                  tiled, small, wide)
+    tracemalloc.start()
+    try:
+        folded = fold_constants(graph)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 << 20
+    kinds = [r.inputs[0].node.kind for r in folded.results]
+    assert kinds == ["BroadcastV3", "Tile", "Constant", "Constant"]
+    np.testing.assert_array_equal(folded_value(folded, 2), np.tile(data, (2, 2)))
+    np.testing.assert_array_equal(folded_value(folded, 3), np.broadcast_to(data, (4096, 2, 3)))
+
+
+@pytest.mark.parametrize("rows, folds", [(1024, True), (1025, False)])
+def test_the_limit_is_max_bytes_or_max_growth_times_the_inputs(rows: int, folds: bool) -> None:
+    """With max_bytes = 16 KiB: a [rows, 4] f32 Broadcast of a 16-byte row (plus its 24-byte
+    target) folds at exactly 16 KiB and not one row later."""
+    row = np.random.default_rng(8).normal(size=(4,)).astype(np.float32)
+    graph = model(op(BroadcastV3, const(row), const(np.array([rows, 4], np.int64))))
+    folded = fold_constants(graph, FoldConstantsOptions(max_bytes=16 << 10))
+    assert isinstance(folded.results[0].inputs[0].node, Constant) == folds
+    assert (folded is graph) != folds
+
+
+def test_decompression_chains_past_max_bytes_still_fold_in_f32() -> None:
+    """Every step of a u8 chain grows at most 4x (Convert u8 -> f16 2x, f16 -> f32 2x), so
+    with max_bytes = 1 KiB the whole 8x64 chain still folds, by the f32 rule."""
+    out, expected = asym_u8_chain(np.random.default_rng(9))
+    graph = fold_constants(model(out), FoldConstantsOptions(max_bytes=1 << 10))
+    np.testing.assert_array_equal(folded_value(graph), expected)
+
+
+def test_growth_counts_the_hidden_arrays_of_a_pool() -> None:
+    """A MaxPool of a 1x1x4x4 Const with a 2^20-wide same_upper window has a 1x1x4x4 output,
+    but its evaluator pads the input to 2^20 rows and builds a 2^22-tap window matrix: it
+    is not folded; a 2x2 window is."""
+    data = np.random.default_rng(10).normal(size=(1, 1, 4, 4)).astype(np.float32)
+
+    def pool(kernel: tuple[int, int]) -> Value:
+        return op(MaxPoolV1, const(data), kernel=kernel, strides=(1, 1),
+                  auto_pad="same_upper")
+
+    folded = fold_constants(model(pool((1 << 20, 1)), pool((2, 2))))
+    assert [r.inputs[0].node.kind for r in folded.results] == ["MaxPoolV1", "Constant"]
