@@ -11,6 +11,13 @@ that ``GOMP_parallel`` runs on every thread with a static partition of the itera
 (``threads == 1`` calls the chunk directly; without OpenMP the loop runs serially).  Fast-math
 flags are only those listed on the kernel.
 
+Instructions are built by a ``NumberingBuilder`` (``lowering.value_numbering``): index
+arithmetic is folded and numbered as it is emitted, so the text handed to LLVM stays close to
+what it would keep.  Kernels identical up to their constants (``share_kernels``: the 3x3
+convolutions of one ResNet stage) are emitted once, as ``<first>.shared`` taking the
+constants as extra pointer arguments; each kernel's own function forwards to it with its
+constants, so every kernel keeps its name and ABI.
+
 A ``BoundsCheck`` (checked mode) compares every lane of its index, as i64, with the extent
 (unsigned, so negative indices fail too); on failure a cold block claims the error record
 with an atomic compare-and-swap on its site slot (the first failure wins, even among threads),
@@ -42,6 +49,7 @@ from lowering.codegen_ops import (
     llvm_type,
     storage_type,
 )
+from lowering.kernel_fingerprint import KernelGroup, group_identical_kernels
 from lowering.loop_ir import (
     Allocate,
     Assign,
@@ -85,13 +93,17 @@ _symbol_ids = itertools.count()
 
 @attrs.frozen
 class CodegenOptions:
-    """Code generation choices (data, not environment): target features, OpenMP, constants."""
+    """Code generation choices (data, not environment): target features, OpenMP, constants.
+
+    ``share_kernels``: kernels identical up to their constants share one compiled body
+    (``lowering.kernel_fingerprint``); each keeps its own function name and ABI."""
 
     features: frozenset[str] = frozenset()
     openmp: bool = True
     embed_constants_up_to: int = 1 << 16
     triple: str = ""
     data_layout: str = ""
+    share_kernels: bool = True
 
 
 @attrs.frozen(eq=False)
@@ -167,6 +179,7 @@ class _FunctionEmitter:
         self.buffers: dict[int, ir.Value] = {}
         self.heap: list[ir.Value] = []           # live heap scratch, freed when leaving early
         self.threads: ir.Value = ir.Constant(I32, 1)
+        self.constant_arguments: set[int] | None = None   # shared kernels: bound constants
 
     def finish(self) -> None:
         self.builder.ret_void()
@@ -196,7 +209,7 @@ class _FunctionEmitter:
     def root_pointer(self, buffer: Buffer) -> ir.Value:
         root = buffer.root
         if id(root) not in self.buffers:
-            if root.role != "constant":
+            if root.role != "constant" or self.constant_arguments is not None:
                 raise CodegenError(f"kernel '{self.kernel.name}': buffer '{root.name}' is "
                                    "not available here")
             self.buffers[id(root)] = self.state.constant_global(root)
@@ -571,8 +584,9 @@ class _ParallelOutliner:
     def __init__(self, parent: _FunctionEmitter, loop: For) -> None:
         self.parent, self.loop = parent, loop
         inner = {id(b) for b in allocated_buffers(loop)}
+        bound = parent.constant_arguments or set()
         self.buffers = [b for b in _unique_roots(buffers_used(loop))
-                        if b.role != "constant" and id(b) not in inner]
+                        if (b.role != "constant" or id(b) in bound) and id(b) not in inner]
         self.vars = [v for v in free_vars(loop) if v is not loop.var]
         number = next(parent.state.outlined)
         self.name = f"{parent.function.name}.parallel{number}"
@@ -615,6 +629,8 @@ class _ParallelOutliner:
             arg.add_attribute("noalias")
             arg.name = buffer.name
         emitter = _FunctionEmitter(parent.state, parent.kernel, fn)
+        if parent.constant_arguments is not None:
+            emitter.constant_arguments = parent.constant_arguments
         for arg, buffer in zip(fn.args, self.buffers):
             emitter.buffers[id(buffer)] = arg
         for arg, var in zip(fn.args[len(self.buffers):], self.vars):
@@ -661,10 +677,17 @@ def _unique_roots(buffers: Sequence[Buffer]) -> list[Buffer]:
     return out
 
 
-def emit_kernel(state: _ModuleState, kernel: Kernel) -> ir.Function:
-    """Emit one (verified, vectorized) kernel as an external function of the module."""
+def emit_kernel(state: _ModuleState, kernel: Kernel, name: str | None = None,
+                constants: Sequence[Buffer] | None = None) -> ir.Function:
+    """Emit one (verified, vectorized) kernel as an external function of the module.
+
+    With ``constants`` (a shared kernel), the function ``name`` takes those constant buffers
+    as pointer arguments after the kernel's parameters (``noalias``, 64-byte aligned,
+    dereferenceable) instead of reading module globals, and reads no other constant."""
     params = [PTR if isinstance(p, Buffer) else llvm_type(p.type) for p in kernel.params]
-    fn = ir.Function(state.module, ir.FunctionType(ir.VoidType(), params + [I32]), kernel.name)
+    extra = [PTR] * len(constants or ())
+    fn = ir.Function(state.module, ir.FunctionType(ir.VoidType(), params + extra + [I32]),
+                     name or kernel.name)
     fn.attributes.add("nounwind")
     emitter = _FunctionEmitter(state, kernel, fn)
     for arg, param in zip(fn.args, kernel.params):
@@ -676,6 +699,14 @@ def emit_kernel(state: _ModuleState, kernel: Kernel) -> ir.Function:
             emitter.buffers[id(param.root)] = arg
         else:
             emitter.values[param] = arg
+    if constants is not None:
+        emitter.constant_arguments = {id(c) for c in constants}
+        for arg, buffer in zip(fn.args[len(params):], constants):
+            arg.name = buffer.name
+            arg.add_attribute("noalias")
+            arg.attributes.align = 64
+            arg.attributes.dereferenceable = max(buffer.span * buffer.dtype.nbytes, 1)
+            emitter.buffers[id(buffer)] = arg
     fn.args[-1].name = "threads"
     emitter.threads = fn.args[-1]
     emitter.stmt(kernel.body)
@@ -683,9 +714,41 @@ def emit_kernel(state: _ModuleState, kernel: Kernel) -> ir.Function:
     return fn
 
 
+def emit_forwarder(state: _ModuleState, kernel: Kernel, shared: ir.Function,
+                   constants: Sequence[Buffer]) -> ir.Function:
+    """``kernel``'s function (its own name and ABI) as a tail call of the ``shared`` one with
+    ``kernel``'s ``constants`` (module globals) appended to the arguments."""
+    params = [PTR if isinstance(p, Buffer) else llvm_type(p.type) for p in kernel.params]
+    fn = ir.Function(state.module, ir.FunctionType(ir.VoidType(), params + [I32]), kernel.name)
+    fn.attributes.add("nounwind")
+    for arg, param in zip(fn.args, kernel.params):
+        arg.name = param.name
+    fn.args[-1].name = "threads"
+    builder = ir.IRBuilder(fn.append_basic_block("entry"))
+    globals_ = [state.constant_global(c) for c in constants]
+    builder.call(shared, [*fn.args[:-1], *globals_, fn.args[-1]], tail=True)
+    builder.ret_void()
+    return fn
+
+
+def emit_kernel_group(state: _ModuleState, group: KernelGroup) -> None:
+    """One function per kernel; kernels identical up to constants share one body
+    (``<first>.shared``) that each kernel's function calls with its constants."""
+    first = verify_kernel(vectorize_loops(verify_kernel(group.kernels[0])))
+    if len(group.kernels) == 1:
+        emit_kernel(state, first)
+        return
+    shared = emit_kernel(state, first, f"{first.name}.shared", group.constants[0])
+    shared.linkage = "internal"
+    shared.attributes.add("noinline")       # one body, however many kernels call it
+    for kernel, constants in zip(group.kernels, group.constants):
+        emit_forwarder(state, kernel, shared, constants)
+
+
 def lower_kernels_to_llvm(kernels: Sequence[Kernel], options: CodegenOptions = CodegenOptions(),
                           name: str = "lpjit") -> LoweredModule:
-    """One LLVM module defining every kernel (verified before and after vectorization)."""
+    """One LLVM module defining every kernel (verified before and after vectorization);
+    with ``options.share_kernels``, kernels identical up to constants share one body."""
     module = ir.Module(name)
     if options.triple:
         module.triple = options.triple
@@ -695,9 +758,10 @@ def lower_kernels_to_llvm(kernels: Sequence[Kernel], options: CodegenOptions = C
     names = [k.name for k in kernels]
     if len(set(names)) != len(names):
         raise CodegenError(f"kernel names must be unique in a module, got {names}")
-    for kernel in kernels:
-        lowered = verify_kernel(vectorize_loops(verify_kernel(kernel)))
-        emit_kernel(state, lowered)
+    groups = (group_identical_kernels(kernels) if options.share_kernels
+              else [KernelGroup((k,), ((),)) for k in kernels])
+    for group in groups:
+        emit_kernel_group(state, group)
     return LoweredModule(module, tuple(kernels), tuple(state.symbols))
 
 
