@@ -42,6 +42,7 @@ from lowering.lower_graph import (
     make_kernel,
 )
 from lowering.ops.reductions import Frame, parallel_kind, splat
+from lowering.vector_math import exp_nonpositive
 from lpjit.ops import attention as ops
 
 NEG_INF = -math.inf
@@ -86,7 +87,7 @@ class _Attention:
             frame = Frame(b, logits, (1,), (IntImm(r), None), ctx.lanes)
             peak = b.let(frame.reduce("max"), "peak")
             totals.append(b.let(frame.reduce(
-                "add", lambda x, peak=peak: lb.call("exp", x - splat(peak, x)), keep=logits),
+                "add", lambda x, peak=peak: exp_nonpositive(x - splat(peak, x)), keep=logits),
                 "total"))
         with b.for_range(value_features, vectorized(ctx.lanes), "ev") as ev:
             accs = [b.local(as_expr(0.0, f32), "acc") for _ in range(count)]

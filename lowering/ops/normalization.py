@@ -22,6 +22,7 @@ from lowering.lower_graph import (
     make_kernel,
 )
 from lowering.ops.reductions import Frame, output_loops, reduction_frames, splat
+from lowering.vector_math import exp_nonpositive
 from lpjit.graph import constant_value
 from lpjit.ops import activations as act
 from lpjit.ops import normalization as norm
@@ -52,13 +53,13 @@ def lower_softmax(ctx: LoweringContext, node: act.AxisActivation, epilogue: Epil
 
     def body(b: lb.KernelBuilder, frame: Frame) -> None:
         peak = b.let(frame.reduce("max"), "peak")
-        total = b.let(frame.reduce("add", lambda x: lb.call("exp", x - splat(peak, x)), keep),
+        total = b.let(frame.reduce("add", lambda x: exp_nonpositive(x - splat(peak, x)), keep),
                       "total")
         with frame.map() as index:
             if keep is not None:
                 e = keep[tuple(index)]
             else:
-                e = lb.call("exp", frame.source[tuple(index)] - peak)
+                e = exp_nonpositive(frame.source[tuple(index)] - peak)
             epilogue.store(b, index, e / total)
 
     return _frame_kernel(ctx, node, (node.normalized_axis,), body)
