@@ -428,11 +428,13 @@ def _dequantize(node: lowp.Dequantize, args: Sequence[Expr]) -> Expr:
 
 
 def _fmax(a: Expr, b: Expr) -> Expr:
-    return Select(lb.gt(a, b), a, b) if not _same_imm(a, b) else a
+    """``np.maximum`` (a NaN range bound gives NaN, which no ``x`` compares above)."""
+    return np_maximum(a, b) if not _same_imm(a, b) else a
 
 
 def _fmin(a: Expr, b: Expr) -> Expr:
-    return Select(lb.lt(a, b), a, b) if not _same_imm(a, b) else a
+    """``np.minimum`` (a NaN range bound gives NaN, which no ``x`` compares below)."""
+    return np_minimum(a, b) if not _same_imm(a, b) else a
 
 
 def _same_imm(a: Expr, b: Expr) -> bool:

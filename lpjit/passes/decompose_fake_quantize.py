@@ -11,6 +11,9 @@ A FakeQuantize is decomposed when
 * its input is not a constant (FakeQuantizes on weights are folded by the fuse pass);
 * its four ranges are Constants, ``levels <= 256`` (a u8 index) and ``il < ih`` everywhere
   (an inverted or empty input range stays float);
+* its ranges are finite and give finite, normal input and output steps
+  (``lpjit.reference.lowp.range_problem``: a NaN or infinite bound, ``oh - ol`` overflowing,
+  a zero or subnormal step stays float, "non-finite or degenerate range");
 * following its output through ops ``propagate_dequantize`` can move a Dequantize past, some
   consumer accepts it (``fuse_quantized_operations.consumer_problem``).
 
@@ -35,6 +38,7 @@ from lpjit.passes.propagate_dequantize import (
 )
 from lpjit.passes.report import FAKE_QUANTIZE, FloatReason
 from lpjit.passes.weights import is_constant_subgraph
+from lpjit.reference.lowp import range_problem
 
 
 def fake_quantize_problem(node: FakeQuantize) -> str | None:
@@ -46,9 +50,10 @@ def fake_quantize_problem(node: FakeQuantize) -> str | None:
     if node.levels > MAX_LEVELS:
         return f"levels={node.levels} exceeds {MAX_LEVELS} (no 8-bit level index)"
     low, high = np.broadcast_arrays(*ranges[:2])
-    if not np.all(low < high):
+    finite = all(np.all(np.isfinite(r)) for r in ranges)
+    if finite and not np.all(low < high):
         return "inverted or empty input range (input_low >= input_high)"
-    return None
+    return range_problem(*ranges, node.levels)
 
 
 def fake_quantize_levels(node: FakeQuantize) -> LevelRange:

@@ -4,7 +4,8 @@ The weight input (port 1) of a Convolution, GroupConvolution or MatMul is quanti
 
 * a FakeQuantize of a float constant (facts 3.1 form 3): the integers are the level indices
   ``q``, the scale ``(oh - ol) / (levels - 1)`` and the zero point ``-ol / scale`` (which must
-  be an integer to fold), so that ``w = (q - zero_point) * scale``; or
+  be an integer to fold), so that ``w = (q - zero_point) * scale``; its ranges must be
+  finite with finite, normal steps (``lpjit.reference.lowp.range_problem``); or
 * a compressed chain (form 4) ``Const(i8|u8|i4|u4) -> Convert -> [Subtract zero_point] ->
   Multiply(scale) -> [Reshape] -> [Convert]``: the integers are the constant's, the zero
   point and scale the chain's constants, evaluated in f32 on exactly converted values (facts
@@ -32,7 +33,7 @@ from lpjit.ops.core import Convert
 from lpjit.ops.quantize import FakeQuantize
 from lpjit.ops.shape import Reshape, Squeeze, Unsqueeze
 from lpjit.reference import evaluate_node
-from lpjit.reference.lowp import decompress, level_index
+from lpjit.reference.lowp import decompress, level_index, range_problem
 
 FAKE_QUANTIZE = "fake_quantize"
 COMPRESSED = "compressed"
@@ -168,6 +169,9 @@ def _match_fake_quantize(node: FakeQuantize) -> WeightMatch:
     if levels > lowp.MAX_LEVELS:
         return WeightRejection(node.origin, FAKE_QUANTIZE,
                                f"levels={levels} exceeds {lowp.MAX_LEVELS}: no 8-bit weights")
+    problem = range_problem(il, ih, ol, oh, levels)
+    if problem is not None:
+        return WeightRejection(node.origin, FAKE_QUANTIZE, problem)
     rank = weights.ndim
     ol, oh = (_with_rank(a, rank) for a in np.broadcast_arrays(ol, oh))
     step = (oh.astype(np.float64) - ol) / (levels - 1)

@@ -73,6 +73,41 @@ def dequantize(q: np.ndarray, output_low: np.ndarray, output_high: np.ndarray,
     return np.where(q == 0, ol, y)
 
 
+def range_problem(input_low: np.ndarray, input_high: np.ndarray, output_low: np.ndarray,
+                  output_high: np.ndarray, levels: int) -> str | None:
+    """Why FakeQuantize ranges have no integer form (``None``: they have one).
+
+    The integer kernels scale level indices by steps computed from the ranges, in float32;
+    they agree with FakeQuantize only when
+
+    1. the four ranges are finite (NaN or an infinite bound has no level grid);
+    2. ``ih - il`` and ``(levels - 1) / (ih - il)`` are finite and normal (not zero, not
+       subnormal): the input step;
+    3. ``oh - ol`` and ``(oh - ol) / (levels - 1)`` are finite and normal: the output step.
+
+    Otherwise the FakeQuantize stays float ("non-finite or degenerate range (...)").
+    """
+    names = ("input_low", "input_high", "output_low", "output_high")
+    ranges = [np.asarray(r, F32) for r in (input_low, input_high, output_low, output_high)]
+    for name, values in zip(names, ranges):
+        if not np.all(np.isfinite(values)):
+            bad = values[~np.isfinite(values)].reshape(-1)[0]
+            return f"non-finite or degenerate range ({name} has the value {bad:.3g})"
+    il, ih, ol, oh = ranges
+    steps = F32(levels - 1)
+    with np.errstate(all="ignore"):
+        spans = {"input_high - input_low": ih - il, "output_high - output_low": oh - ol}
+        spans["(levels - 1) / (input_high - input_low)"] = steps / spans["input_high - input_low"]
+        spans["(output_high - output_low) / (levels - 1)"] = (
+            spans["output_high - output_low"] / steps)
+    for what, values in spans.items():
+        normal = np.isfinite(values) & (np.abs(values) >= np.finfo(F32).tiny)
+        if not np.all(normal):
+            bad = values[~normal].reshape(-1)[0]
+            return f"non-finite or degenerate range ({what} is {bad:.3g})"
+    return None
+
+
 @evaluator(lowp.Quantize)
 def _quantize(node: lowp.Quantize, x: np.ndarray, input_low: np.ndarray,
               input_high: np.ndarray) -> np.ndarray:
