@@ -109,10 +109,12 @@ def lower_q_depthwise(ctx: LoweringContext, node: Node, epilogue: Epilogue, g: C
 
 def _emit_tap_layout(b: lb.KernelBuilder, g: ConvGeometry, plane: BlockedInput, taps: Buffer,
                      n: Index, c: Index, group: int, lanes: int) -> None:
-    """``T[n, c, h, tg, ow*g + t]`` from the padded plane (see the module docstring)."""
+    """``T[n, c, h, tg, ow*g + t]`` from the padded plane (see the module docstring), a
+    power-of-two vector of pixels at a time (the last one shifted back): odd widths such as 7
+    or 14 would make odd-sized byte shuffles that LLVM scalarizes."""
     kernel_width = g.kernel[-1]
     width = taps.shape[-1] // group
-    lanes = min(lanes, width)
+    lanes = 1 << (min(lanes, width).bit_length() - 1)
 
     def step(h: Expr, tg: int, start: Index, count: int) -> None:
         parts = []

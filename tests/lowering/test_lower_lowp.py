@@ -545,3 +545,13 @@ def test_integer_tiles_fit_the_register_file(target, kind):
         tile = integer_tile(target, DotStep(kind, "proof"), rows, columns)
         assert tile.rows * tile.vectors + tile.vectors + temporaries <= registers
         assert tile.lanes == target.f32_lanes or (target.has_avx512 and tile.lanes == 8)
+
+
+@pytest.mark.parametrize("target", [HOST, AVX2], ids=lambda t: t.cpu)
+@pytest.mark.parametrize("width, strides", [(14, (1, 1)), (14, (1, 2)), (6, (2, 1))])
+def test_q_depthwise_odd_output_widths(target, width, strides):
+    """Depthwise output widths 14, 7 and 6: the tap layout copies power-of-two vectors of
+    pixels (the last one shifted back over the previous one); bit-exact, borders included."""
+    data, weights = (1, 3, 5, width), (3, 1, 1, 3, 3)
+    check(*conv_graph(data, weights, (1, 1), (1, 1), strides=strides, per_channel=True),
+          target, numba=False)
