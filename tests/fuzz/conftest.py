@@ -24,7 +24,11 @@ def corpus() -> tuple[list[mutations.Seed], mutations.Pools]:
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     if not TALLY:
         return
+    from fuzz.runner import COMPILER_FAILURES
+
     crashes = TALLY.get("crash", 0)
-    terminalreporter.write_sep("-", f"fuzz: {sum(TALLY.values())} cases, {crashes} crashes")
+    findings = sum(TALLY.get(outcome, 0) for outcome in COMPILER_FAILURES)
+    terminalreporter.write_sep("-", f"fuzz: {sum(TALLY.values())} cases, {crashes} crashes, "
+                                    f"{findings} compiler findings")
     for outcome, count in sorted(TALLY.items()):
         terminalreporter.write_line(f"{count:6d}  {outcome}")

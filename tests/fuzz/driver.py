@@ -42,7 +42,9 @@ def check(seeds: Sequence[mutations.Seed], pools: mutations.Pools, data: st.Data
           families: Sequence[str], max_steps: int = 3, *,
           compile_model: bool = False) -> runner.Outcome:
     """Make a case from ``families``; require success or an LpjitError, within the time and
-    memory budget.  Tallies the outcome (``conftest.TALLY``) and returns it."""
+    memory budget, and no compiler failure (``runner.COMPILER_FAILURES``: compiled outputs
+    that disagree with the reference, a ``VerificationError``).  Tallies the outcome
+    (``conftest.TALLY``) and returns it."""
     case = mutations.make_case(seeds, pools, DrawChooser(data), families, max_steps)
     note(case.describe())
     budget = COMPILE_TIME_BUDGET if compile_model else TIME_BUDGET
@@ -55,4 +57,6 @@ def check(seeds: Sequence[mutations.Seed], pools: mutations.Pools, data: st.Data
         conftest.TALLY["crash"] += 1
         raise AssertionError(f"{case.describe()}: {type(e).__name__}: {e}") from e
     conftest.TALLY[str(outcome)] += 1
+    if str(outcome) in runner.COMPILER_FAILURES:
+        raise AssertionError(f"{case.describe()}: {outcome}: {outcome.detail}")
     return outcome

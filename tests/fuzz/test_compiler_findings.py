@@ -8,6 +8,7 @@ reference) or the ``LpjitError`` that now replaces the failure.
 
 from __future__ import annotations
 
+import collections
 import math
 import re
 from pathlib import Path
@@ -17,10 +18,12 @@ import numpy as np
 import openvino as ov
 import oracle
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from openvino import opset1, opset3, opset8, opset11
 
 import lpjit
-from fuzz import runner
+from fuzz import driver, mutations, runner
 from lowering.builder import KernelBuilder
 from lowering.loop_ir import For, Stmt
 from lowering.lower_graph import LoweringOptions, lower_graph_to_loops
@@ -29,6 +32,7 @@ from lowering.traversal import children
 from lpjit import reference
 from lpjit.errors import BadAttributeError
 from lpjit.ops import nn
+from lpjit.passes import fold_constants
 
 # The reference evaluates overflowing and NaN FakeQuantize ranges on purpose.
 pytestmark = [pytest.mark.oracle, pytest.mark.filterwarnings("ignore::RuntimeWarning")]
@@ -367,3 +371,77 @@ def test_fake_quantize_is_bit_exact_for_extreme_ranges_and_inputs(ranges, low_pr
     np.testing.assert_array_equal(actual.view(np.uint32) & ~np.isnan(actual),
                                   expected.view(np.uint32) & ~np.isnan(expected))
     np.testing.assert_array_equal(np.isnan(actual), np.isnan(expected))
+
+
+# -- 5. f16 decompression overflow: compared with the folded graph ----------------------------
+
+def f16_decompression_case(tmp_path: Path, scale: float) -> mutations.Case:
+    """x[2, 8] @ W^T with W = Convert(f32)(Convert(f16)(Const u8[4, 8]) * Const f16 scale):
+    a u8 weight-decompression chain, the scale ``scale`` on its first row."""
+    rng = np.random.default_rng(51)
+    q = rng.integers(200, 256, (4, 8), dtype=np.uint8)
+    scales = np.float16([[scale], [0.01], [0.02], [0.03]])
+    weights = opset1.convert(opset1.multiply(opset1.convert(opset1.constant(q), "f16"),
+                                             opset1.constant(scales)), "f32")
+    x = opset1.parameter([2, 8], np.float32, name="x")
+    y = opset1.matmul(x, weights, False, True, name="mm")
+    xml = oracle.save(ov.Model([y], [x], "f16_chain"), tmp_path)
+    return mutations.Case("f16_chain", xml.read_bytes(), xml.with_suffix(".bin").read_bytes(),
+                          ())
+
+
+def test_f16_decompression_overflow_is_checked_against_the_folded_graph(tmp_path):
+    """Was: a compiler finding.  q * 400 passes 65504 (f16's largest) for q >= 164: the
+    reference, rounding every f16 step, gives inf; compiled code (and OpenVINO's CPU
+    plugin) decompresses in f32.  The harness now compares such a case with the reference of
+    ``fold_constants(graph)``, which applies the same rule, and accepts it as that."""
+    case = f16_decompression_case(tmp_path, 400.0)
+    outcome = runner.run_case(case, input_seed=3, compile_model=True)
+    assert str(outcome) == "compile: ok, as f32 decompression"
+    assert outcome.detail.startswith("output 0 differs at 2 of 8 elements")
+    graph = lpjit.read_ir(case.xml, case.weights)
+    inputs = runner.random_inputs(graph, 3)
+    compiled = list(lpjit.compile(graph, threads=1)(*inputs))
+    assert np.all(np.isfinite(compiled[0]))
+    assert not np.all(np.isfinite(reference.run(graph, inputs)[0]))   # inf * x: inf or nan
+    assert runner.disagreement(compiled, reference.run(fold_constants(graph), inputs)) == ""
+
+
+def test_a_chain_that_does_not_overflow_is_an_ordinary_ok(tmp_path):
+    outcome = runner.run_case(f16_decompression_case(tmp_path, 0.04), input_seed=3,
+                              compile_model=True)
+    assert str(outcome) == "compile: ok"
+
+
+def test_outputs_the_folded_graph_does_not_explain_are_a_mismatch(tmp_path):
+    """Wrong outputs stay a mismatch, with or without a decompression chain."""
+    case = f16_decompression_case(tmp_path, 400.0)
+    graph = lpjit.read_ir(case.xml, case.weights)
+    inputs = runner.random_inputs(graph, 4)
+    expected = reference.run(graph, inputs)
+    wrong = [np.asarray(lpjit.compile(graph, threads=1)(*inputs)[0]) + np.float32(1.0)]
+    assert not runner.agrees_with_f32_decompression(graph, inputs, wrong, expected)
+    x = lg.parameter((2, 3))
+    plain = lg.graph([x], lg.relu(x.output))
+    data = [np.random.default_rng(5).uniform(-1, 1, (2, 3)).astype(np.float32)]
+    assert not runner.agrees_with_f32_decompression(plain, data, [data[0]],
+                                                    reference.run(plain, data))
+
+
+@pytest.mark.parametrize("result", ["mismatch", "VerificationError"])
+def test_compiler_findings_fail_the_fuzz_property(monkeypatch, result):
+    """The fuzz tests fail on compiler findings, not only on crashes."""
+    case = mutations.Case("seed", b"", b"", ("step",))
+    monkeypatch.setattr(driver.conftest, "TALLY", collections.Counter())  # not the session's
+    monkeypatch.setattr(driver.mutations, "make_case", lambda *args, **kwargs: case)
+    monkeypatch.setattr(driver.runner, "run_case",
+                        lambda *args, **kwargs: runner.Outcome("compile", result, "why"))
+
+    @settings(max_examples=1, database=None)
+    @given(data=st.data())
+    def property_(data):
+        driver.check([], None, data, (), compile_model=True)
+
+    with pytest.raises(AssertionError, match=re.escape(
+            f"seed seed: step: compile: {result}: why")):
+        property_()
