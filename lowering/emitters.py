@@ -32,6 +32,7 @@ from lowering.loop_ir import (
     u8,
     value_type,
 )
+from lowering.vector_math import erf_f64
 from lpjit.errors import LoweringError
 from lpjit.graph import Node, Shape
 from lpjit.ops import activations as act
@@ -333,8 +334,9 @@ def _in_f64(formula: Callable[[Expr], Expr], x: Expr) -> Expr:
 
 
 def _gelu_erf(x: Expr) -> Expr:
-    """``0.5 * x * (1 + erf(x / sqrt(2)))``."""
-    inner = lb.call("erf", lb.binary("div", x, imm(math.sqrt(2.0), x)))
+    """``0.5 * x * (1 + erf(x / sqrt(2)))`` on float64 ``x``, ``erf`` as vectorizable float64
+    operations (``vector_math.erf_f64``) rather than one libm call per lane."""
+    inner = erf_f64(lb.binary("div", x, imm(math.sqrt(2.0), x)))
     return lb.binary("mul", lb.binary("mul", imm(0.5, x), x), lb.binary("add", imm(1.0, x), inner))
 
 
