@@ -27,8 +27,9 @@ checks, the kernel returns as well if the record holds a failure.
 
 from __future__ import annotations
 
+import functools
 import itertools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import attrs
 import numpy as np
@@ -96,7 +97,9 @@ class CodegenOptions:
     """Code generation choices (data, not environment): target features, OpenMP, constants.
 
     ``share_kernels``: kernels identical up to their constants share one compiled body
-    (``lowering.kernel_fingerprint``); each keeps its own function name and ABI."""
+    (``lowering.kernel_fingerprint``); each keeps its own function name and ABI.
+    ``part_instructions``: the size of the parts a program is emitted in when a code
+    generator compiles them while the rest is emitted (``lower_kernels_to_llvm``'s sink)."""
 
     features: frozenset[str] = frozenset()
     openmp: bool = True
@@ -104,15 +107,25 @@ class CodegenOptions:
     triple: str = ""
     data_layout: str = ""
     share_kernels: bool = True
+    part_instructions: int = 6000
 
 
 @attrs.frozen(eq=False)
 class LoweredModule:
-    """An LLVM module, the kernels it defines (their ABI) and constants to bind by symbol."""
+    """An LLVM module, the kernels it defines (their ABI) and constants to bind by symbol.
+
+    ``parts``: when emitted in parts (``lower_kernels_to_llvm(..., sink=...)``), the IR text
+    of each further module, compiled separately and linked with ``ir_module``, which then
+    only declares the kernels."""
 
     ir_module: ir.Module
     kernels: tuple[Kernel, ...]
     symbols: tuple[tuple[str, np.ndarray], ...]
+    parts: tuple[str, ...] = ()
+
+    def text(self) -> str:
+        """All the IR as text: ``ir_module``, then each part."""
+        return "\n".join((str(self.ir_module), *self.parts))
 
     def kernel(self, name: str) -> Kernel:
         for k in self.kernels:
@@ -135,13 +148,30 @@ def aligned_copy(data: np.ndarray, alignment: int) -> np.ndarray:
     return view
 
 
+class _ConstantPool:
+    """The constants bound by symbol, shared by every module of one lowering: each gets one
+    symbol (and one aligned copy of its data), however many modules declare it."""
+
+    def __init__(self) -> None:
+        self.names: dict[int, str] = {}
+        self.symbols: list[tuple[str, np.ndarray]] = []
+
+    def symbol(self, buffer: Buffer, data: np.ndarray) -> str:
+        if id(buffer) not in self.names:
+            name = f"lpjit.const.{next(_symbol_ids)}.{buffer.name}"
+            self.names[id(buffer)] = name
+            self.symbols.append((name, aligned_copy(data, 64)))
+        return self.names[id(buffer)]
+
+
 class _ModuleState:
     """Per-module state shared by the function emitters: constants and counters."""
 
-    def __init__(self, module: ir.Module, options: CodegenOptions) -> None:
+    def __init__(self, module: ir.Module, options: CodegenOptions,
+                 pool: _ConstantPool | None = None) -> None:
         self.module, self.options = module, options
+        self.pool = pool or _ConstantPool()
         self.constants: dict[int, ir.GlobalVariable] = {}
-        self.symbols: list[tuple[str, np.ndarray]] = []
         self.outlined = itertools.count()
 
     def constant_global(self, buffer: Buffer) -> ir.GlobalVariable:
@@ -155,10 +185,8 @@ class _ModuleState:
                 g.initializer = ir.Constant(array_type, bytearray(data.tobytes() or b"\0"))
                 g.global_constant, g.linkage, g.unnamed_addr = True, "private", True
             else:
-                name = f"lpjit.const.{next(_symbol_ids)}.{buffer.name}"
-                g = ir.GlobalVariable(self.module, array_type, name)
+                g = ir.GlobalVariable(self.module, array_type, self.pool.symbol(buffer, data))
                 g.global_constant, g.linkage = True, "external"
-                self.symbols.append((name, aligned_copy(data, 64)))
             g.align = 64
             self.constants[key] = g
         return self.constants[key]
@@ -241,10 +269,10 @@ class _FunctionEmitter:
         vector_type = ir.VectorType(value.type, lanes)
         if isinstance(value, ir.Constant):
             return ir.Constant(vector_type, [value] * lanes)
-        inserted = self.builder.insert_element(ir.Constant(vector_type, ir.Undefined), value,
+        inserted = self.builder.insert_element(undefined(vector_type), value,
                                                ir.Constant(I32, 0))
-        mask = ir.Constant(ir.VectorType(I32, lanes), [0] * lanes)
-        return self.builder.shuffle_vector(inserted, ir.Constant(vector_type, ir.Undefined),
+        mask = shuffle_mask((0,) * lanes)
+        return self.builder.shuffle_vector(inserted, undefined(vector_type),
                                            mask)
 
     def element_pointer(self, buffer: Buffer, offset: ir.Value) -> ir.Value:
@@ -298,7 +326,7 @@ class _FunctionEmitter:
             typ = element if lanes == 1 else ir.VectorType(element, lanes)
             raw = self.read(buffer, where, typ, buffer.dtype.nbytes)
         else:
-            raw = ir.Constant(ir.VectorType(element, lanes), ir.Undefined)
+            raw = undefined(ir.VectorType(element, lanes))
             for lane, pointer in enumerate(self.lane_pointers(buffer, where, lanes, step)):
                 raw = bld.insert_element(raw, self.read(buffer, pointer, element, None),
                                          ir.Constant(I32, lane))
@@ -508,15 +536,15 @@ class _FunctionEmitter:
         if len(vectors) > 2 or any(v.type != vectors[0].type for v in vectors):
             raise CodegenError(f"kernel '{self.kernel.name}': shuffle needs one or two "
                                "vectors of the same type")
-        second = vectors[1] if len(vectors) == 2 else ir.Constant(vectors[0].type, ir.Undefined)
-        mask = ir.Constant(ir.VectorType(I32, len(e.indices)), list(e.indices))
+        second = vectors[1] if len(vectors) == 2 else undefined(vectors[0].type)
+        mask = shuffle_mask(tuple(e.indices))
         return self.builder.shuffle_vector(vectors[0], second, mask)
 
     def as_vector(self, value: ir.Value) -> ir.Value:
         if isinstance(value.type, ir.VectorType):
             return value
         return self.builder.insert_element(
-            ir.Constant(ir.VectorType(value.type, 1), ir.Undefined), value, ir.Constant(I32, 0))
+            undefined(ir.VectorType(value.type, 1)), value, ir.Constant(I32, 0))
 
     def reduce(self, e: ReduceLanes) -> ir.Value:
         """Lanes combined in order, left to right (like the numba executor)."""
@@ -531,6 +559,19 @@ class _FunctionEmitter:
     def microkernel(self, e: Microkernel) -> ir.Value:
         emitter = MICROKERNEL_EMITTERS[type(e)]
         return emitter(self.ctx, e, self.expr(e.acc), self.expr(e.a), self.expr(e.b))
+
+
+@functools.lru_cache(maxsize=1024)
+def undefined(vector_type: ir.VectorType) -> ir.Constant:
+    """The ``undef`` vector of ``vector_type`` (one shared object: cheap to number, printed
+    once)."""
+    return ir.Constant(vector_type, ir.Undefined)
+
+
+@functools.lru_cache(maxsize=4096)
+def shuffle_mask(indices: tuple[int, ...]) -> ir.Constant:
+    """The ``shufflevector`` mask ``<i32 indices...>`` (one shared object per mask)."""
+    return ir.Constant(ir.VectorType(I32, len(indices)), [int(i) for i in indices])
 
 
 def _store(builder: ir.IRBuilder, value: ir.Value, pointer: ir.Value, align: int) -> None:
@@ -731,38 +772,75 @@ def emit_forwarder(state: _ModuleState, kernel: Kernel, shared: ir.Function,
     return fn
 
 
-def emit_kernel_group(state: _ModuleState, group: KernelGroup) -> None:
+def emit_kernel_group(state: _ModuleState, group: KernelGroup) -> int:
     """One function per kernel; kernels identical up to constants share one body
-    (``<first>.shared``) that each kernel's function calls with its constants."""
+    (``<first>.shared``) that each kernel's function calls with its constants.  Returns the
+    number of instructions emitted."""
+    before = len(state.module.functions)
     first = verify_kernel(vectorize_loops(verify_kernel(group.kernels[0])))
     if len(group.kernels) == 1:
         emit_kernel(state, first)
-        return
-    shared = emit_kernel(state, first, f"{first.name}.shared", group.constants[0])
-    shared.linkage = "internal"
-    shared.attributes.add("noinline")       # one body, however many kernels call it
-    for kernel, constants in zip(group.kernels, group.constants):
-        emit_forwarder(state, kernel, shared, constants)
+    else:
+        shared = emit_kernel(state, first, f"{first.name}.shared", group.constants[0])
+        shared.linkage = "internal"
+        shared.attributes.add("noinline")       # one body, however many kernels call it
+        for kernel, constants in zip(group.kernels, group.constants):
+            emit_forwarder(state, kernel, shared, constants)
+    return sum(len(block.instructions) for fn in state.module.functions[before:]
+               for block in fn.blocks)
 
 
 def lower_kernels_to_llvm(kernels: Sequence[Kernel], options: CodegenOptions = CodegenOptions(),
-                          name: str = "lpjit") -> LoweredModule:
+                          name: str = "lpjit", sink: Callable[[str], object] | None = None
+                          ) -> LoweredModule:
     """One LLVM module defining every kernel (verified before and after vectorization);
-    with ``options.share_kernels``, kernels identical up to constants share one body."""
+    with ``options.share_kernels``, kernels identical up to constants share one body.
+
+    With a ``sink``, kernels are emitted in parts: whenever the module being filled holds
+    ``options.part_instructions`` instructions, its text is handed to ``sink`` (a code
+    generator compiles it while the rest is emitted), kept in ``parts``, and a new module
+    is started.  The last module is the returned ``ir_module``; it also declares the
+    kernels defined in the parts."""
+    names = [k.name for k in kernels]
+    if len(set(names)) != len(names):
+        raise CodegenError(f"kernel names must be unique in a module, got {names}")
+    pool = _ConstantPool()
+    groups = (group_identical_kernels(kernels) if options.share_kernels
+              else [KernelGroup((k,), ((),)) for k in kernels])
+    parts: list[str] = []
+    elsewhere: list[Kernel] = []            # kernels defined in parts already handed on
+    state, inside, size = _ModuleState(_new_module(name, options), options, pool), [], 0
+    for group in groups:
+        size += emit_kernel_group(state, group)
+        inside.extend(group.kernels)
+        if sink is not None and size >= options.part_instructions:
+            parts.append(str(state.module))
+            sink(parts[-1])
+            elsewhere.extend(inside)
+            part = _new_module(f"{name}.{len(parts)}", options)
+            state, inside, size = _ModuleState(part, options, pool), [], 0
+    module = state.module
+    module.name = name
+    for kernel in elsewhere:
+        declare_kernel(module, kernel)
+    return LoweredModule(module, tuple(kernels), tuple(pool.symbols), tuple(parts))
+
+
+def _new_module(name: str, options: CodegenOptions) -> ir.Module:
     module = ir.Module(name)
     if options.triple:
         module.triple = options.triple
     if options.data_layout:
         module.data_layout = options.data_layout
-    state = _ModuleState(module, options)
-    names = [k.name for k in kernels]
-    if len(set(names)) != len(names):
-        raise CodegenError(f"kernel names must be unique in a module, got {names}")
-    groups = (group_identical_kernels(kernels) if options.share_kernels
-              else [KernelGroup((k,), ((),)) for k in kernels])
-    for group in groups:
-        emit_kernel_group(state, group)
-    return LoweredModule(module, tuple(kernels), tuple(state.symbols))
+    return module
+
+
+def declare_kernel(module: ir.Module, kernel: Kernel) -> ir.Function:
+    """A declaration of ``kernel``'s function (defined in another module) in ``module``."""
+    params = [PTR if isinstance(p, Buffer) else llvm_type(p.type) for p in kernel.params]
+    fn = ir.Function(module, ir.FunctionType(ir.VoidType(), params + [I32]), kernel.name)
+    fn.attributes.add("nounwind")
+    return fn
 
 
 __all__ = ["CodegenOptions", "LoweredModule", "emit_kernel", "lower_kernels_to_llvm"]

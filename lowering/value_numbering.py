@@ -91,10 +91,21 @@ def _type_key(t: ir.Type) -> object:
     return t.width if isinstance(t, ir.IntType) else str(t)
 
 
+_VECTOR_KEYS: dict[int, tuple[object, ir.Constant]] = {}
+"""Keys of vector constants by object (the emitter shares its undef vectors and masks),
+holding each constant so that its id stays unique."""
+
+
 def _constant_key(c: ir.Constant) -> object:
     value = c.constant
     if isinstance(value, list):
-        value = tuple(_operand_key(e) for e in value)
+        known = _VECTOR_KEYS.get(id(c))
+        if known is not None:
+            return known[0]
+        key = ("const", _type_key(c.type), tuple(_operand_key(e) for e in value))
+        if len(_VECTOR_KEYS) < 65536:
+            _VECTOR_KEYS[id(c)] = (key, c)
+        return key
     elif isinstance(value, (bytearray, bytes)):
         return ("bytes", id(c))
     elif value is not None and not isinstance(value, (int, float)):

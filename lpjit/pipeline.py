@@ -169,11 +169,19 @@ def compile_graph(graph: Graph, options: CompileOptions = CompileOptions(),
                       verifier=lambda p: verify_memory_plan(p, program),
                       dumps=(("memory", print_memory_plan),))
     engine = codegen or jit_engine()
-    module = runner.run("lower_program_to_llvm",
-                        lambda: lower_program_to_llvm(program, plan, engine.codegen_options()),
-                        dumps=(("ll", lambda m: str(m.ir_module)),))
-    library = runner.run("compile_llvm", lambda: engine.add_module(module.lowered),
-                         dumps=(("opt.ll", JitLibrary.llvm_ir), ("s", JitLibrary.assembly)))
+    background = engine.background_optimizer()     # optimises kernels as they are emitted
+    try:
+        module = runner.run("lower_program_to_llvm",
+                            lambda: lower_program_to_llvm(program, plan,
+                                                          engine.codegen_options(),
+                                                          sink=background.submit),
+                            dumps=(("ll", lambda m: m.lowered.text()),))
+        library = runner.run("compile_llvm", lambda: engine.add_module(module.lowered,
+                                                                       background),
+                             dumps=(("opt.ll", JitLibrary.llvm_ir),
+                                    ("s", JitLibrary.assembly)))
+    finally:
+        background.close()
     return Compilation(graph, program, plan, module, library, options, tuple(runner.records),
                        precision)
 

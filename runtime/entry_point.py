@@ -22,6 +22,8 @@ step's index into the record and returns without running the remaining steps.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import attrs
 from llvmlite import ir
 
@@ -53,14 +55,19 @@ class ProgramModule:
 
 def lower_program_to_llvm(program: Program, plan: MemoryPlan,
                           options: CodegenOptions | None = None,
-                          entry: str = ENTRY_POINT) -> ProgramModule:
-    """Every kernel of ``program`` plus the entry function ``entry`` (module docstring)."""
+                          entry: str = ENTRY_POINT,
+                          sink: Callable[[str], object] | None = None) -> ProgramModule:
+    """Every kernel of ``program`` plus the entry function ``entry`` (module docstring).
+
+    ``sink``: emit the kernels in parts, each handed to ``sink`` as soon as it is built
+    (``lower_kernels_to_llvm``); the entry point then stays in the module that declares
+    them."""
     kernels = _unique_kernels(program)
     if any(k.name == entry for k in kernels):
         raise CodegenError(f"program '{program.name}': a kernel is named '{entry}', the name "
                            "of the entry point")
     lowered = lower_kernels_to_llvm(kernels, options or CodegenOptions(),
-                                    name=program.name or "lpjit")
+                                    name=program.name or "lpjit", sink=sink)
     emit_entry_point(lowered.ir_module, program, plan, entry)
     return ProgramModule(lowered, program, plan, entry)
 

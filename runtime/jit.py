@@ -23,6 +23,8 @@ import ctypes
 import ctypes.util
 import functools
 import os
+import queue
+import threading
 from collections.abc import Sequence
 
 import attrs
@@ -127,21 +129,28 @@ class TargetSpec:
 
 
 class CodeLibrary:
-    """Compiled LLVM IR for one target: verified, optimised, printable as IR and assembly."""
+    """Compiled LLVM IR for one target: verified, optimised, printable as IR and assembly.
 
-    def __init__(self, codegen: CPUCodegen, source: LoweredModule | ir.Module | str) -> None:
+    A ``LoweredModule`` emitted in parts has each part optimised on its own (by ``parts``, a
+    ``BackgroundOptimizer`` that received them while they were emitted, else here), then
+    linked into the main module."""
+
+    def __init__(self, codegen: CPUCodegen, source: LoweredModule | ir.Module | str,
+                 parts: BackgroundOptimizer | None = None) -> None:
         self.codegen = codegen
         self.lowered = source if isinstance(source, LoweredModule) else None
         text = str(source.ir_module if self.lowered is not None else source)
-        self.unoptimized_ir = text
-        try:
-            module = llvm.parse_assembly(text)
-            module.verify()
-        except RuntimeError as error:
-            raise CodegenError(f"LLVM rejected the generated module: {error}") from None
-        module.triple = codegen.target_machine.triple
-        module.data_layout = str(codegen.target_machine.target_data)
-        codegen.optimize(module)
+        part_texts = self.lowered.parts if self.lowered is not None else ()
+        self.unoptimized_ir = "\n".join((text, *part_texts))
+        module = codegen.parse_and_optimize(text)
+        optimized = (parts.finish() if parts is not None
+                     else [codegen.parse_and_optimize(part) for part in part_texts])
+        for part in optimized:
+            try:
+                module.link_in(part)
+            except RuntimeError as error:
+                raise CodegenError(f"LLVM could not link the generated modules: {error}"
+                                   ) from None
         module.verify()
         self.module = module
 
@@ -177,6 +186,22 @@ class CPUCodegen:
                   "data_layout": str(self.target_machine.target_data)}
         return CodegenOptions(**{**values, **overrides})
 
+    def parse_and_optimize(self, text: str) -> llvm.ModuleRef:
+        """LLVM IR text parsed, verified, given this target and optimised."""
+        try:
+            module = llvm.parse_assembly(text)
+            module.verify()
+        except RuntimeError as error:
+            raise CodegenError(f"LLVM rejected the generated module: {error}") from None
+        module.triple = self.target_machine.triple
+        module.data_layout = str(self.target_machine.target_data)
+        self.optimize(module)
+        return module
+
+    def background_optimizer(self) -> BackgroundOptimizer:
+        """A worker thread optimising modules for this codegen as they are submitted."""
+        return BackgroundOptimizer(self)
+
     def optimize(self, module: llvm.ModuleRef) -> None:
         """The O3 module pipeline; LLVM's own vectorizers stay off (the schedule decides).
 
@@ -189,20 +214,66 @@ class CPUCodegen:
         builder = llvm.create_pass_builder(self.target_machine, tuning)
         builder.getModulePassManager().run(module, builder)
 
-    def add_module(self, source: LoweredModule | ir.Module | str) -> CodeLibrary:
-        """Compile ``source`` into a library of this codegen's kind."""
-        return self.library_class(self, source)
+    def add_module(self, source: LoweredModule | ir.Module | str,
+                   parts: BackgroundOptimizer | None = None) -> CodeLibrary:
+        """Compile ``source`` into a library of this codegen's kind (``parts``: the worker
+        that optimised its parts, see ``CodeLibrary``)."""
+        return self.library_class(self, source, parts)
 
     def compile_kernels(self, kernels: Sequence[Kernel], **options) -> CodeLibrary:
         """Lower ``kernels`` to LLVM for this target and compile them."""
         return self.add_module(lower_kernels_to_llvm(kernels, self.codegen_options(**options)))
 
 
+class BackgroundOptimizer:
+    """Parses and optimises LLVM IR texts on a worker thread while the caller emits more.
+
+    llvmlite releases the GIL inside every LLVM call (it serialises LLVM calls with its own
+    lock, which the Python-only IR emission never takes), so emitting part ``k + 1`` in
+    Python and optimising part ``k`` in LLVM run on two cores at once.  ``submit`` queues a
+    text; ``finish`` waits for the queue to drain and returns the optimised modules in
+    submission order, or raises the first error; ``close`` stops the worker (idempotent).
+    """
+
+    def __init__(self, codegen: CPUCodegen) -> None:
+        self.codegen = codegen
+        self._queue: queue.SimpleQueue[str | None] = queue.SimpleQueue()
+        self._modules: list[llvm.ModuleRef] = []
+        self._error: CodegenError | None = None
+        self._thread = threading.Thread(target=self._work, name="lpjit-llvm", daemon=True)
+        self._thread.start()
+
+    def submit(self, text: str) -> None:
+        self._queue.put(text)
+
+    def _work(self) -> None:
+        while (text := self._queue.get()) is not None:
+            if self._error is not None:
+                continue
+            try:
+                self._modules.append(self.codegen.parse_and_optimize(text))
+            except CodegenError as error:
+                self._error = error
+
+    def finish(self) -> list[llvm.ModuleRef]:
+        self.close()
+        if self._error is not None:
+            raise self._error
+        modules, self._modules = self._modules, []
+        return modules
+
+    def close(self) -> None:
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
+
+
 class JitLibrary(CodeLibrary):
     """A library loaded into the process by MCJIT: function addresses and callables."""
 
-    def __init__(self, codegen: JitEngine, source: LoweredModule | ir.Module | str) -> None:
-        super().__init__(codegen, source)
+    def __init__(self, codegen: JitEngine, source: LoweredModule | ir.Module | str,
+                 parts: BackgroundOptimizer | None = None) -> None:
+        super().__init__(codegen, source, parts)
         symbols = self.lowered.symbols if self.lowered is not None else ()
         # Checked before anything is registered: MCJIT would bind a missing symbol to 0 and
         # the first call would jump there.

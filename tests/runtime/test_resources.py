@@ -166,8 +166,8 @@ def test_an_unresolvable_symbol_is_a_codegen_error_and_registers_nothing(monkeyp
     lower = lpjit.pipeline.lower_program_to_llvm
     seen = {}
 
-    def with_missing_call(program, plan, options):
-        module = lower(program, plan, options)
+    def with_missing_call(program, plan, options, **kwargs):
+        module = lower(program, plan, options, **kwargs)
         missing = ir.Function(module.ir_module, ir.FunctionType(ir.VoidType(), []),
                               "lpjit_test_missing_runtime")
         caller = ir.Function(module.ir_module, ir.FunctionType(ir.VoidType(), []),
