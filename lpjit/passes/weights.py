@@ -185,6 +185,17 @@ def _match_fake_quantize(node: FakeQuantize) -> WeightMatch:
         return WeightRejection(node.origin, FAKE_QUANTIZE,
                                "weights have a fractional zero point (-output_low / step is "
                                f"{distance:.3g} steps from an integer)")
+    # Folding moves every weight by |ol + zero_point * step|: within the tolerance of a step,
+    # but also of ol itself (a step so large that -ol / step rounds to 0 would turn level 0,
+    # the value ol, into 0).
+    miss = np.abs(ol + zero_point * step)
+    worst = np.unravel_index(np.argmax(miss - ZERO_POINT_TOLERANCE * np.abs(ol)), miss.shape)
+    if miss[worst] > ZERO_POINT_TOLERANCE * abs(float(ol[worst])):
+        return WeightRejection(node.origin, FAKE_QUANTIZE,
+                               f"weights have a zero point that misses output_low "
+                               f"{float(ol[worst]):.3g} (-output_low / step = "
+                               f"{float(exact_zero_point[worst]):.3g} rounds to "
+                               f"{int(zero_point[worst])})")
     values = level_index(weights, il, ih, levels)
     return QuantizedWeights(values, step.astype(np.float32), zero_point.astype(np.int64),
                             dtypes.u8, node.origin, FAKE_QUANTIZE)

@@ -350,6 +350,20 @@ def test_weight_fake_quantize_with_degenerate_ranges_stays_float(weight_ranges, 
     assert report.integer_layers() == ()
 
 
+def test_weight_fake_quantize_whose_zero_point_rounds_output_low_away_stays_float():
+    """Was (fuzz seed 12, case 1827): a weight FakeQuantize with ranges [-0.7, 1e30]: the step
+    (1e30 / 254) makes -output_low / step = 1.8e-28, 0 within the tolerance of a step, so
+    the folded weights were (q - 0) * step = 0 where FakeQuantize gives output_low = -0.7
+    at level 0.  Folding must keep output_low itself, not only the step grid."""
+    graph = fake_quantize_conv((-3, 3, -3, 3), (-0.7, 1e30, -0.7, 1e30))
+    data = np.random.default_rng(45).uniform(-4, 4, (1, 3, 6, 6)).astype(np.float32)
+    model = lpjit.compile(graph, threads=1)
+    assert runner.disagreement(list(model(data)), reference.run(graph, [data])) == ""
+    assert model.precision_report().reason("w/fq") == (
+        "weights have a zero point that misses output_low -0.7 (-output_low / step = "
+        "1.78e-28 rounds to 0)")
+
+
 @pytest.mark.parametrize("ranges", [
     (-3, 3, -3, 3), (np.nan, 3, -3, 3), (-3, np.nan, -3, 3), (np.nan, np.nan, -3, 3),
     (-3, 3, np.nan, 3), (-3, 3, -3, np.nan), (3, -3, -3, 3), (np.inf, -np.inf, -3, 3),
