@@ -41,6 +41,7 @@ from lowering.loop_ir import (
     as_expr,
     contiguous_strides,
     f32,
+    f64,
     i64,
     value_type,
     vectorized,
@@ -279,6 +280,10 @@ def lower_reduce(ctx: LoweringContext, node: red.Reduce, epilogue: Epilogue) -> 
 def _reduce_value(node: red.Reduce, frame: Frame) -> Expr:
     op = _OPS[type(node)]
     dtype = value_type(frame.source.dtype)
+    if isinstance(node, red.ReduceL2) and dtype == f32:
+        # Squares in f64, as the reference: an f32 sum of squares overflows for |x| > 1.8e19.
+        wide = frame.reduce("add", lambda x: Cast(x, f64, "exact") * Cast(x, f64, "exact"))
+        return Cast(lb.call("sqrt", wide), f32, "nearest")
     if isinstance(node, red.ReduceL2):
         return lb.call("sqrt", frame.reduce("add", lambda x: x * x))
     if isinstance(node, red.ReduceMean):

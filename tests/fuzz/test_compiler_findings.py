@@ -20,7 +20,7 @@ import oracle
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from openvino import opset1, opset3, opset8, opset11
+from openvino import opset1, opset3, opset4, opset8, opset11
 
 import lpjit
 from fuzz import driver, mutations, runner
@@ -459,3 +459,31 @@ def test_compiler_findings_fail_the_fuzz_property(monkeypatch, result):
     with pytest.raises(AssertionError, match=re.escape(
             f"seed seed: step: compile: {result}: why")):
         property_()
+
+
+# -- further findings of the fuzz runs ---------------------------------------------------------
+
+def test_reduce_l2_of_values_past_the_f32_square_root_of_max(tmp_path):
+    """Was (fuzz seed 12, case 26): ReduceL2 of values near 1.4e19 gave inf (an f32 sum of
+    squares overflows past 1.8e19) where the reference, accumulating in f64, gives 2.7e19.
+    The compiled squares and sum are f64 too now, rounded once, as the reference's."""
+    x = opset1.parameter([2, 3, 5], np.float32, name="x")
+    norm = opset4.reduce_l2(x, opset1.constant(np.int64([2])), True, name="l2")
+    xml = oracle.save(ov.Model([norm], [x], "l2"), tmp_path)
+    data = np.random.default_rng(61).uniform(-3, 3, (2, 3, 5)).astype(np.float32)
+    (result,) = compiled_equals_reference(xml, [data * np.float32(1e19)])
+    assert np.all(np.isfinite(result))
+    compiled_equals_reference(xml, [data])
+
+
+def test_reduce_l2_vector_path_accumulates_in_f64(tmp_path):
+    """A 67-long reduced axis: f64 vector accumulators, a scalar tail, one rounding."""
+    x = opset1.parameter([3, 67], np.float32, name="x")
+    norm = opset4.reduce_l2(x, opset1.constant(np.int64([1])), False, name="l2")
+    graph = lpjit.read_ir(oracle.save(ov.Model([norm], [x], "l2"), tmp_path))
+    data = np.random.default_rng(62).uniform(-3, 3, (3, 67)).astype(np.float32)
+    model = lpjit.compile(graph, threads=1)
+    for scale in (1.0, 1e19, 1e-20):
+        scaled = data * np.float32(scale)
+        np.testing.assert_allclose(model(scaled)[0], reference.run(graph, [scaled])[0],
+                                   rtol=2e-7)
