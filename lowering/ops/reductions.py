@@ -14,7 +14,8 @@ kept axes and yields a ``Frame`` for the current group:
 
 The first kept loop longer than one iteration is ``parallel`` unless ``threads == 1``.
 Float accumulation is float32 in loop order, where the reference accumulates in float64:
-results agree to a few ulps times the reduction length.
+results agree to a few ulps times the reduction length.  ReduceL2 of f32 squares and sums in
+float64 (an f32 sum of squares overflows for values past 1.8e19 whose norm is finite).
 """
 
 from __future__ import annotations
