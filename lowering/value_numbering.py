@@ -261,6 +261,14 @@ class NumberingBuilder(ir.IRBuilder):
 
     def _icmp_numbered(self, prefix: str, cmpop: str, lhs: ir.Value, rhs: ir.Value,
                        name: str) -> ir.Value:
+        a, b = scalar_int(lhs), scalar_int(rhs)
+        if a is not None and b is not None:
+            width = lhs.type.width
+            if prefix == "u":
+                a, b = _unsigned(a, width), _unsigned(b, width)
+            elif width == 1:
+                a, b = -a, -b                   # i1 true is -1 as a signed number
+            return ir.Constant(ir.IntType(1), int(_SIGNED_CMP[cmpop](a, b)))
         if isinstance(lhs.type, ir.IntType) and lhs.type.width > 1:
             decided = _decide_compare(prefix, cmpop, self.range_of(lhs), self.range_of(rhs),
                                       lhs.type.width)
