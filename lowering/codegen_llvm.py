@@ -83,7 +83,12 @@ from lowering.loop_ir import (
 )
 from lowering.microkernels import Microkernel
 from lowering.traversal import allocated_buffers, buffers_used, free_vars, walk
-from lowering.value_numbering import NumberingBuilder, remove_dead_instructions, scalar_int
+from lowering.value_numbering import (
+    NumberingBuilder,
+    remove_dead_instructions,
+    scalar_int,
+    shared_constant,
+)
 from lowering.vectorize import vectorize_loops
 from lowering.verifier import verify_kernel
 from lpjit.errors import CodegenError
@@ -565,13 +570,14 @@ class _FunctionEmitter:
 def undefined(vector_type: ir.VectorType) -> ir.Constant:
     """The ``undef`` vector of ``vector_type`` (one shared object: cheap to number, printed
     once)."""
-    return ir.Constant(vector_type, ir.Undefined)
+    return shared_constant(ir.Constant(vector_type, ir.Undefined))
 
 
 @functools.lru_cache(maxsize=4096)
 def shuffle_mask(indices: tuple[int, ...]) -> ir.Constant:
     """The ``shufflevector`` mask ``<i32 indices...>`` (one shared object per mask)."""
-    return ir.Constant(ir.VectorType(I32, len(indices)), [int(i) for i in indices])
+    return shared_constant(ir.Constant(ir.VectorType(I32, len(indices)),
+                                       [int(i) for i in indices]))
 
 
 def _store(builder: ir.IRBuilder, value: ir.Value, pointer: ir.Value, align: int) -> None:

@@ -91,21 +91,25 @@ def _type_key(t: ir.Type) -> object:
     return t.width if isinstance(t, ir.IntType) else str(t)
 
 
-_VECTOR_KEYS: dict[int, tuple[object, ir.Constant]] = {}
-"""Keys of vector constants by object (the emitter shares its undef vectors and masks),
-holding each constant so that its id stays unique."""
+_SHARED_KEYS: dict[int, tuple[object, ir.Constant]] = {}
+"""Keys of the vector constants registered by ``shared_constant``, by object (holding each
+constant, so that its id stays unique)."""
+
+
+def shared_constant(c: ir.Constant) -> ir.Constant:
+    """Register a vector constant the emitter reuses (undef vectors, shuffle masks), so that
+    numbering finds its key without walking its elements each time; returns ``c``."""
+    _SHARED_KEYS[id(c)] = (_constant_key(c), c)
+    return c
 
 
 def _constant_key(c: ir.Constant) -> object:
     value = c.constant
-    if isinstance(value, list):
-        known = _VECTOR_KEYS.get(id(c))
+    if isinstance(value, (list, tuple)):
+        known = _SHARED_KEYS.get(id(c))
         if known is not None:
             return known[0]
-        key = ("const", _type_key(c.type), tuple(_operand_key(e) for e in value))
-        if len(_VECTOR_KEYS) < 65536:
-            _VECTOR_KEYS[id(c)] = (key, c)
-        return key
+        return ("const", _type_key(c.type), tuple(_operand_key(e) for e in value))
     elif isinstance(value, (bytearray, bytes)):
         return ("bytes", id(c))
     elif value is not None and not isinstance(value, (int, float)):
@@ -520,4 +524,4 @@ def _operands(instruction: ir.Instruction) -> list[ir.Value]:
     return list(instruction.operands)
 
 
-__all__ = ["NumberingBuilder", "remove_dead_instructions", "scalar_int"]
+__all__ = ["NumberingBuilder", "remove_dead_instructions", "scalar_int", "shared_constant"]
