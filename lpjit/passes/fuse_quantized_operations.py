@@ -77,12 +77,21 @@ def consumer_problem(node: Node, port: int, levels: LevelRange, levels_of: Level
     return f"consumer {what} is not a quantizable op"
 
 
+def _one_dimensional_input(node: nn.MatMul) -> str | None:
+    """Why ``node`` has no integer or compressed form: a 1-D input (``None``: both are
+    matrices or batches of them, as the low-precision MatMuls require)."""
+    for i in (0, 1):
+        if node.input_type(i).rank < 2:
+            return f"input {i} of {node.origin.describe()} is 1-D"
+    return None
+
+
 def _matmul_problem(node: nn.MatMul, port: int, levels: LevelRange, levels_of: LevelsOf
                     ) -> str | None:
     what = node.origin.describe()
-    for i in (0, 1):
-        if node.input_type(i).rank < 2:
-            return f"input {i} of {what} is 1-D"
+    problem = _one_dimensional_input(node)
+    if problem is not None:
+        return problem
     if levels.channel_axis(node.input_type(port).rank) is not None:
         return f"per-channel activation range on a MatMul input ({what})"
     other = node.inputs[1 - port]
@@ -176,6 +185,9 @@ def _compressed_inputs(weights: CompressedWeights) -> tuple[Value, ...]:
 
 def _compressed(node: Node, weights: QuantizedWeights) -> Node | str:
     if isinstance(node, nn.MatMul):
+        problem = _one_dimensional_input(node)
+        if problem is not None:
+            return problem
         folded = compressed_matmul_weights(weights, node.transpose_b)
         if isinstance(folded, str):
             return folded

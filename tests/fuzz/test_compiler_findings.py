@@ -487,3 +487,20 @@ def test_reduce_l2_vector_path_accumulates_in_f64(tmp_path):
         scaled = data * np.float32(scale)
         np.testing.assert_allclose(model(scaled)[0], reference.run(graph, [scaled])[0],
                                    rtol=2e-7)
+
+
+def test_matmul_of_a_vector_with_compressed_weights_stays_float():
+    """Was (fuzz seed 13, case 3376): a MatMul whose activation is 1-D (legal: it reads as
+    [1, K]) with u8-compressed weights became a CompressedMatMul, whose type inference
+    needs rank >= 2: a ShapeError at compile time.  It stays float, with the reason."""
+    rng = np.random.default_rng(63)
+    x = lg.parameter((8,))
+    weights = lg.compressed_weights(rng.integers(0, 256, (5, 8), dtype=np.uint8),
+                                    lpjit.dtypes.u8, rng.uniform(0.01, 0.1, (5, 1)),
+                                    zero_point=np.full((5, 1), 128, np.uint8))
+    graph = lg.graph([x], lg.matmul(x.output, weights, name="fc"))
+    data = rng.uniform(-3, 3, (8,)).astype(np.float32)
+    model = lpjit.compile(graph, threads=1)
+    assert runner.disagreement(list(model(data)), reference.run(graph, [data])) == ""
+    assert model.precision_report().reason("w/q") == (
+        f"input 0 of {graph.results[0].inputs[0].node.origin.describe()} is 1-D")
