@@ -78,17 +78,20 @@ def _truncating_rem(a: int, b: int) -> int:
 
 def scalar_int(value: ir.Value) -> int | None:
     """The integer of a scalar integer constant (signed), else None."""
-    if isinstance(value, ir.Constant) and isinstance(value.type, ir.IntType):
-        constant = value.constant
-        if isinstance(constant, bool):
-            return int(constant)
-        if isinstance(constant, int):
-            return _wrap(constant, value.type.width) if value.type.width > 1 else constant & 1
+    if type(value) is not ir.Constant or type(value.type) is not ir.IntType:
+        return None
+    constant, width = value.constant, value.type.width
+    if type(constant) is int:
+        if width > 1 and -(1 << (width - 1)) <= constant < (1 << (width - 1)):
+            return constant
+        return _wrap(constant, width) if width > 1 else constant & 1
+    if isinstance(constant, bool):
+        return int(constant)
     return None
 
 
 def _type_key(t: ir.Type) -> object:
-    return t.width if isinstance(t, ir.IntType) else str(t)
+    return t.width if type(t) is ir.IntType else str(t)
 
 
 _SHARED_KEYS: dict[int, tuple[object, ir.Constant]] = {}
@@ -105,6 +108,8 @@ def shared_constant(c: ir.Constant) -> ir.Constant:
 
 def _constant_key(c: ir.Constant) -> object:
     value = c.constant
+    if type(value) is int and type(c.type) is ir.IntType:
+        return ("const", c.type.width, value)
     if isinstance(value, (list, tuple)):
         known = _SHARED_KEYS.get(id(c))
         if known is not None:
@@ -118,6 +123,8 @@ def _constant_key(c: ir.Constant) -> object:
 
 
 def _operand_key(value: object) -> object:
+    if isinstance(value, ir.Instruction):
+        return id(value)
     if isinstance(value, ir.Constant):
         return _constant_key(value)
     if isinstance(value, (list, tuple)):
@@ -184,6 +191,9 @@ class NumberingBuilder(ir.IRBuilder):
         constant = scalar_int(value)
         if constant is not None:
             return constant, constant
+        return self._range_of_value(value)
+
+    def _range_of_value(self, value: ir.Value) -> Range | None:
         entry = self._ranges.get(id(value))
         return entry[0] if entry is not None else None
 
@@ -205,16 +215,20 @@ class NumberingBuilder(ir.IRBuilder):
                 return found
             value = getattr(ir.IRBuilder, opname)(self, lhs, rhs, name=name, flags=flags)
             return self._remember(key, value, (lhs, rhs))
-        simplified = _simplify(opname, lhs, rhs)
-        if simplified is not None:
-            return simplified
+        a, b = scalar_int(lhs), scalar_int(rhs)
+        if a is not None or b is not None:
+            simplified = _simplify(opname, lhs, rhs, a, b)
+            if simplified is not None:
+                return simplified
         key = (opname, _operand_key(lhs), _operand_key(rhs), tuple(flags))
         found = self._lookup(key)
         if found is not None:
             return found
         value = getattr(ir.IRBuilder, opname)(self, lhs, rhs, name=name, flags=flags)
-        self._set_range(value, _binary_range(opname, self.range_of(lhs), self.range_of(rhs),
-                                             lhs.type.width))
+        left = (a, a) if a is not None else self._range_of_value(lhs)
+        right = (b, b) if b is not None else self._range_of_value(rhs)
+        if left is not None and right is not None:
+            self._set_range(value, _binary_range(opname, left, right, lhs.type.width))
         return self._remember(key, value, (lhs, rhs))
 
     def add(self, lhs, rhs, name="", flags=()):
@@ -385,10 +399,11 @@ class NumberingBuilder(ir.IRBuilder):
 # -- folding rules -------------------------------------------------------------------------------
 
 
-def _simplify(opname: str, lhs: ir.Value, rhs: ir.Value) -> ir.Value | None:
-    """The folded result of an integer binary operator, or None to emit it."""
-    a, b = scalar_int(lhs), scalar_int(rhs)
-    if isinstance(lhs.type, ir.IntType) and a is not None and b is not None:
+def _simplify(opname: str, lhs: ir.Value, rhs: ir.Value, a: int | None, b: int | None
+              ) -> ir.Value | None:
+    """The folded result of integer binary operator ``lhs op rhs`` (``a``, ``b``: their
+    values when constant), or None to emit it."""
+    if a is not None and b is not None:
         folded = _fold(opname, a, b, lhs.type.width)
         if folded is not None:
             return ir.Constant(lhs.type, folded)
@@ -411,6 +426,18 @@ def _simplify(opname: str, lhs: ir.Value, rhs: ir.Value) -> ir.Value | None:
     return None
 
 
+_FOLDS = {
+    "add": lambda a, b, ua, ub: a + b, "sub": lambda a, b, ua, ub: a - b,
+    "mul": lambda a, b, ua, ub: a * b,
+    "sdiv": lambda a, b, ua, ub: _truncating_div(a, b),
+    "srem": lambda a, b, ua, ub: _truncating_rem(a, b),
+    "udiv": lambda a, b, ua, ub: ua // ub, "urem": lambda a, b, ua, ub: ua % ub,
+    "and_": lambda a, b, ua, ub: ua & ub, "or_": lambda a, b, ua, ub: ua | ub,
+    "xor": lambda a, b, ua, ub: ua ^ ub, "shl": lambda a, b, ua, ub: ua << ub,
+    "ashr": lambda a, b, ua, ub: a >> ub, "lshr": lambda a, b, ua, ub: ua >> ub,
+}
+
+
 def _fold(opname: str, a: int, b: int, width: int) -> int | None:
     """``a op b`` on ``width``-bit integers as LLVM computes it; None when undefined."""
     ua, ub = _unsigned(a, width), _unsigned(b, width)
@@ -420,13 +447,7 @@ def _fold(opname: str, a: int, b: int, width: int) -> int | None:
         return None
     if opname in ("shl", "ashr", "lshr") and not 0 <= ub < width:
         return None
-    result = {
-        "add": lambda: a + b, "sub": lambda: a - b, "mul": lambda: a * b,
-        "sdiv": lambda: _truncating_div(a, b), "srem": lambda: _truncating_rem(a, b),
-        "udiv": lambda: ua // ub, "urem": lambda: ua % ub,
-        "and_": lambda: ua & ub, "or_": lambda: ua | ub, "xor": lambda: ua ^ ub,
-        "shl": lambda: ua << ub, "ashr": lambda: a >> ub, "lshr": lambda: ua >> ub,
-    }[opname]()
+    result = _FOLDS[opname](a, b, ua, ub)
     return _wrap(result, width) if width > 1 else result & 1
 
 
