@@ -172,6 +172,10 @@ def _match_fake_quantize(node: FakeQuantize) -> WeightMatch:
     problem = range_problem(il, ih, ol, oh, levels)
     if problem is not None:
         return WeightRejection(node.origin, FAKE_QUANTIZE, problem)
+    if np.any(np.isnan(weights)):
+        return WeightRejection(node.origin, FAKE_QUANTIZE,
+                               "the weights contain NaN (FakeQuantize keeps it; a level "
+                               "index cannot)")
     rank = weights.ndim
     ol, oh = (_with_rank(a, rank) for a in np.broadcast_arrays(ol, oh))
     step = (oh.astype(np.float64) - ol) / (levels - 1)

@@ -30,6 +30,9 @@ from lpjit.reference import evaluator
 from lpjit.reference.nn import windows_of
 
 F32 = np.float32
+# How far (relative to output_high) FakeQuantize's top level value may be from output_high
+# for the integer form, which uses output_high there (``range_problem``, step 4).
+TOP_LEVEL_TOLERANCE = 2.0 ** -10
 
 
 def level_index(x: np.ndarray, input_low: np.ndarray, input_high: np.ndarray,
@@ -83,7 +86,10 @@ def range_problem(input_low: np.ndarray, input_high: np.ndarray, output_low: np.
     1. the four ranges are finite (NaN or an infinite bound has no level grid);
     2. ``ih - il`` and ``(levels - 1) / (ih - il)`` are finite and normal (not zero, not
        subnormal): the input step;
-    3. ``oh - ol`` and ``(oh - ol) / (levels - 1)`` are finite and normal: the output step.
+    3. ``oh - ol`` and ``(oh - ol) / (levels - 1)`` are finite and normal: the output step;
+    4. the top level FakeQuantize computes, ``fl(fl(oh - ol) + ol)``, is ``oh`` within
+       ``TOP_LEVEL_TOLERANCE`` of ``|oh|`` (``dequantize`` returns ``oh`` there; with
+       ``|ol| >> |oh|``, e.g. ``[-1e30, 1]``, the sum cancels to 0).
 
     Otherwise the FakeQuantize stays float ("non-finite or degenerate range (...)").
     """
@@ -105,6 +111,12 @@ def range_problem(input_low: np.ndarray, input_high: np.ndarray, output_low: np.
         if not np.all(normal):
             bad = values[~normal].reshape(-1)[0]
             return f"non-finite or degenerate range ({what} is {bad:.3g})"
+    top = spans["output_high - output_low"] + ol
+    oh = np.broadcast_to(oh, top.shape)
+    far = np.abs(top - oh) > TOP_LEVEL_TOLERANCE * np.abs(oh)
+    if np.any(far):
+        return (f"non-finite or degenerate range (the top level computes as "
+                f"{top[far].reshape(-1)[0]:.3g}, not output_high {oh[far].reshape(-1)[0]:.3g})")
     return None
 
 

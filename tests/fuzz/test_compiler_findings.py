@@ -364,6 +364,40 @@ def test_weight_fake_quantize_whose_zero_point_rounds_output_low_away_stays_floa
         "1.78e-28 rounds to 0)")
 
 
+@pytest.mark.parametrize("activation, weights, name, reason", [
+    ((-1e30, 1, -1e30, 1), None, "fq",
+     "non-finite or degenerate range (the top level computes as 0, not output_high 1)"),
+    ((-3, 3, -3, 3), (-1e30, 0.7, -1e30, 0.7), "w/fq",
+     "non-finite or degenerate range (the top level computes as 0, not output_high 0.7)"),
+])
+def test_fake_quantize_whose_top_level_cancels_stays_float(activation, weights, name, reason):
+    """Was (fuzz seed 15, cases 1601 and 528): ranges [-1e30, 1]: FakeQuantize's top level
+    is ``fl(fl(1 + 1e30) - 1e30) = 0``, where a level index stands for output_high = 1,
+    and the integer output formula adds ``-1e30 * sum(w)`` back: off by ~1e22."""
+    graph = fake_quantize_conv(activation, weights)
+    data = np.random.default_rng(46).uniform(-4, 4, (1, 3, 6, 6)).astype(np.float32)
+    model = lpjit.compile(graph, threads=1)
+    assert runner.disagreement(list(model(data)), reference.run(graph, [data])) == ""
+    assert model.precision_report().reason(name) == reason
+
+
+def test_weight_fake_quantize_of_nan_weights_stays_float():
+    """Was (fuzz seed 15, case 1604): a NaN weight folded to level 0 (output_low), where
+    FakeQuantize keeps NaN, so the float model's outputs are NaN."""
+    x = lg.parameter((1, 3, 6, 6))
+    w = np.random.default_rng(47).standard_normal((4, 3, 3, 3)).astype(np.float32)
+    w[1, 2, 0, 1] = np.nan
+    graph = lg.graph([x], lg.conv(lg.fake_quantize(x.output, -3, 3),
+                                  lg.fake_quantize(lg.f32(w), -2, 2, 255, name="w/fq")))
+    data = np.random.default_rng(48).uniform(-4, 4, (1, 3, 6, 6)).astype(np.float32)
+    model = lpjit.compile(graph, threads=1)
+    result = model(data)[0]
+    assert np.isnan(result[0, 1]).all() and not np.isnan(result[0, 0]).any()
+    assert runner.disagreement([result], reference.run(graph, [data])) == ""
+    assert model.precision_report().reason("w/fq") == (
+        "the weights contain NaN (FakeQuantize keeps it; a level index cannot)")
+
+
 @pytest.mark.parametrize("ranges", [
     (-3, 3, -3, 3), (np.nan, 3, -3, 3), (-3, np.nan, -3, 3), (np.nan, np.nan, -3, 3),
     (-3, 3, np.nan, 3), (-3, 3, -3, np.nan), (3, -3, -3, 3), (np.inf, -np.inf, -3, 3),
