@@ -805,8 +805,9 @@ def lower_kernels_to_llvm(kernels: Sequence[Kernel], options: CodegenOptions = C
     With a ``sink``, kernels are emitted in parts: whenever the module being filled holds
     ``options.part_instructions`` instructions, its text is handed to ``sink`` (a code
     generator compiles it while the rest is emitted), kept in ``parts``, and a new module
-    is started.  The last module is the returned ``ir_module``; it also declares the
-    kernels defined in the parts."""
+    is started; once a program is split, its last kernels form a part as well.  The module
+    left over is the returned ``ir_module`` (all the kernels of a small program; else none);
+    it declares the kernels defined in the parts."""
     names = [k.name for k in kernels]
     if len(set(names)) != len(names):
         raise CodegenError(f"kernel names must be unique in a module, got {names}")
@@ -816,10 +817,13 @@ def lower_kernels_to_llvm(kernels: Sequence[Kernel], options: CodegenOptions = C
     parts: list[str] = []
     elsewhere: list[Kernel] = []            # kernels defined in parts already handed on
     state, inside, size = _ModuleState(_new_module(name, options), options, pool), [], 0
-    for group in groups:
+    for number, group in enumerate(groups, 1):
         size += emit_kernel_group(state, group)
         inside.extend(group.kernels)
-        if sink is not None and size >= options.part_instructions:
+        # A program big enough to be split hands on its last kernels too: the module left
+        # for the caller then holds only what it adds (the entry point).
+        if sink is not None and (size >= options.part_instructions
+                                 or (parts and number == len(groups))):
             parts.append(str(state.module))
             sink(parts[-1])
             elsewhere.extend(inside)

@@ -20,6 +20,7 @@ and the offending statement):
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 
 import attrs
@@ -476,9 +477,15 @@ _EXPR_RULES: dict[type, Callable[[_Verifier, Expr], str | None]] = {
 }
 
 
+_VERIFIED: weakref.WeakSet[Kernel] = weakref.WeakSet()
+
+
 def verify_kernel(kernel: Kernel) -> Kernel:
-    """Check every invariant of ``kernel``; return it unchanged, or raise VerificationError."""
-    _Verifier(kernel).run()
+    """Check every invariant of ``kernel``; return it unchanged, or raise VerificationError.
+    (Kernels are immutable: one that passed once is not walked again.)"""
+    if kernel not in _VERIFIED:
+        _Verifier(kernel).run()
+        _VERIFIED.add(kernel)
     return kernel
 
 
