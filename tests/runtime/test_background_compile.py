@@ -1,0 +1,102 @@
+"""Programs emitted in parts and optimised on a worker thread while the rest is emitted.
+
+Rule: splitting a program into parts changes when and where LLVM optimises it, never what it
+computes: the parts, linked, give the same outputs as the single module, every kernel keeps
+its name, and a part LLVM rejects is reported as the single module's error would be.
+"""
+
+from __future__ import annotations
+
+import llvmlite.binding as llvm
+import numpy as np
+import pytest
+import test_entry_point as chain
+
+from lowering.builder import KernelBuilder
+from lowering.codegen_llvm import lower_kernels_to_llvm
+from lowering.loop_ir import f32, vectorized
+from lpjit.errors import CodegenError
+from runtime.entry_point import ENTRY_POINT, lower_program_to_llvm
+from runtime.executable import BufferSpec, Executable
+from runtime.memory import plan_memory
+
+RNG = np.random.default_rng(5)
+
+
+def scaled(name: str, n: int, scale: float):
+    b = KernelBuilder(name)
+    x, y = b.input("x", f32, (n,)), b.output("y", f32, (n,))
+    with b.for_range(n, kind=vectorized(8)) as i:
+        b.store(y, i, x[i] * scale + float(n))
+    return b.build()
+
+
+def test_kernels_emitted_in_parts_are_all_defined_once_and_declared_in_the_main_module():
+    """With one-instruction parts, every kernel group is its own part and is handed to the
+    sink as it is built; the main module declares them all and defines none."""
+    kernels = [scaled(f"k{n}", 8 + n, 1.5 + n) for n in range(4)]
+    received: list[str] = []
+    lowered = lower_kernels_to_llvm(kernels, chain.engine().codegen_options(
+        part_instructions=1), sink=received.append)
+    assert list(lowered.parts) == received and len(received) == 4
+    for n, text in enumerate(received):
+        llvm.parse_assembly(text).verify()
+        assert f'define void @"k{n}"(' in text
+    main = str(lowered.ir_module)
+    assert all(f'declare void @"k{n}"(' in main for n in range(4))
+    assert "define" not in main
+    assert all(f'define void @"k{n}"(' in lowered.text() for n in range(4))
+
+
+@pytest.mark.parametrize("background", [False, True])
+def test_a_program_compiled_in_parts_computes_what_the_single_module_does(background):
+    """The chain program's seven kernels (three bodies: k1..k5 are one shared kernel) in
+    parts, optimised synchronously or on the worker, then linked: same output as the
+    one-module compile, bit for bit."""
+    program = chain.chain_program()
+    plan = plan_memory(program)
+    engine = chain.engine()
+    worker = engine.background_optimizer() if background else None
+    try:
+        module = lower_program_to_llvm(program, plan,
+                                       engine.codegen_options(part_instructions=1),
+                                       sink=worker.submit if worker else lambda text: None)
+        library = engine.add_module(module.lowered, worker)
+    finally:
+        if worker is not None:
+            worker.close()
+    assert len(module.lowered.parts) == 3
+    split = Executable(library.function_address(ENTRY_POINT),
+                       [BufferSpec.of(b) for b in program.inputs],
+                       [BufferSpec.of(b) for b in program.outputs],
+                       plan.arena_bytes, 1, owner=library)
+    x = RNG.normal(size=(3, 4)).astype(np.float32)
+    (expected,) = chain.executable(program).run([x])
+    (y,) = split.run([x])
+    np.testing.assert_array_equal(y, expected)
+    for n in range(7):
+        assert library.function_address(f"k{n}")
+
+
+def test_the_worker_reports_the_first_rejected_part_and_skips_the_rest():
+    engine = chain.engine()
+    worker = engine.background_optimizer()
+    good = str(lower_kernels_to_llvm([scaled("ok", 8, 2.0)], engine.codegen_options())
+               .ir_module)
+    worker.submit(good)
+    worker.submit("define void @broken( {")
+    worker.submit(good)
+    with pytest.raises(CodegenError, match="^LLVM rejected the generated module"):
+        worker.finish()
+    worker.close()                            # idempotent
+
+
+def test_the_worker_returns_optimised_modules_in_submission_order():
+    engine = chain.engine()
+    worker = engine.background_optimizer()
+    for n in range(3):
+        worker.submit(str(lower_kernels_to_llvm([scaled(f"m{n}", 8, 2.0)],
+                                                engine.codegen_options()).ir_module))
+    modules = worker.finish()
+    assert [[f.name for f in m.functions if not f.is_declaration] for m in modules] == \
+        [["m0"], ["m1"], ["m2"]]
