@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import struct
 from collections.abc import Callable, Sequence
 
 import attrs
@@ -271,9 +272,9 @@ class _FunctionEmitter:
         return self.builder.sext(index, target)
 
     def splat(self, value: ir.Value, lanes: int) -> ir.Value:
-        vector_type = ir.VectorType(value.type, lanes)
         if isinstance(value, ir.Constant):
-            return ir.Constant(vector_type, [value] * lanes)
+            return splat_constant(value, lanes)
+        vector_type = ir.VectorType(value.type, lanes)
         inserted = self.builder.insert_element(undefined(vector_type), value,
                                                ir.Constant(I32, 0))
         mask = shuffle_mask((0,) * lanes)
@@ -566,11 +567,57 @@ class _FunctionEmitter:
         return emitter(self.ctx, e, self.expr(e.acc), self.expr(e.a), self.expr(e.b))
 
 
+class SplatConstant(ir.Constant):
+    """A vector constant of one repeated element, printed as LLVM's ``splat (<element>)``
+    rather than element by element (a 16-lane float literal is 20 times shorter)."""
+
+    def __init__(self, vector_type: ir.VectorType, element: ir.Constant) -> None:
+        self.type, self.element = vector_type, element
+        self.constant = [element] * vector_type.count
+
+    def _get_reference(self) -> str:
+        return f"splat ({self.element})"
+
+
+class UndefVector(ir.Constant):
+    """The ``undef`` vector of a type, printed as ``undef`` (not lane by lane)."""
+
+    def __init__(self, vector_type: ir.VectorType) -> None:
+        self.type = vector_type
+        self.constant = [ir.Constant(vector_type.element, ir.Undefined)] * vector_type.count
+
+    def _get_reference(self) -> str:
+        return "undef"
+
+
 @functools.lru_cache(maxsize=1024)
 def undefined(vector_type: ir.VectorType) -> ir.Constant:
     """The ``undef`` vector of ``vector_type`` (one shared object: cheap to number, printed
     once)."""
-    return shared_constant(ir.Constant(vector_type, ir.Undefined))
+    return shared_constant(UndefVector(vector_type))
+
+
+_SPLATS: dict[tuple, ir.Constant] = {}
+
+
+def splat_constant(value: ir.Constant, lanes: int) -> ir.Constant:
+    """The vector of ``lanes`` copies of scalar constant ``value``: one shared object per
+    type, bit pattern and width (numbered and printed once, not rebuilt per use)."""
+    raw = value.constant
+    if isinstance(raw, float):
+        bits: object = struct.pack("<d", raw)       # -0.0 and NaN payloads kept apart
+    elif isinstance(raw, int):
+        bits = int(raw)
+    else:
+        return ir.Constant(ir.VectorType(value.type, lanes), [value] * lanes)
+    key = (str(value.type), bits, lanes)
+    found = _SPLATS.get(key)
+    if found is None:
+        if len(_SPLATS) >= 16384:
+            _SPLATS.clear()
+        found = _SPLATS[key] = shared_constant(
+            SplatConstant(ir.VectorType(value.type, lanes), value))
+    return found
 
 
 @functools.lru_cache(maxsize=4096)

@@ -90,8 +90,16 @@ def scalar_int(value: ir.Value) -> int | None:
     return None
 
 
+_SCALAR_TYPE_KEYS = {ir.HalfType: "half", ir.FloatType: "float", ir.DoubleType: "double"}
+
+
 def _type_key(t: ir.Type) -> object:
-    return t.width if type(t) is ir.IntType else str(t)
+    kind = type(t)
+    if kind is ir.IntType:
+        return t.width
+    if kind is ir.VectorType:
+        return ("vector", _type_key(t.element), t.count)
+    return _SCALAR_TYPE_KEYS.get(kind) or str(t)
 
 
 _SHARED_KEYS: dict[int, tuple[object, ir.Constant]] = {}
