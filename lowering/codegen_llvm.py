@@ -83,7 +83,7 @@ from lowering.loop_ir import (
     value_type,
 )
 from lowering.microkernels import Microkernel
-from lowering.traversal import allocated_buffers, buffers_used, free_vars, walk
+from lowering.traversal import allocated_buffers, buffers_used, free_vars, rewrite, walk
 from lowering.value_numbering import (
     NumberingBuilder,
     remove_dead_instructions,
@@ -809,9 +809,11 @@ def emit_kernel(state: _ModuleState, kernel: Kernel, name: str | None = None,
 
 
 def emit_forwarder(state: _ModuleState, kernel: Kernel, shared: ir.Function,
-                   constants: Sequence[Buffer]) -> ir.Function:
+                   constants: Sequence[Buffer], immediates: Sequence[ir.Constant] = ()
+                   ) -> ir.Function:
     """``kernel``'s function (its own name and ABI) as a tail call of the ``shared`` one with
-    ``kernel``'s ``constants`` (module globals) appended to the arguments."""
+    ``kernel``'s ``immediates`` and ``constants`` (module globals) appended to the
+    arguments."""
     params = [PTR if isinstance(p, Buffer) else llvm_type(p.type) for p in kernel.params]
     fn = ir.Function(state.module, ir.FunctionType(ir.VoidType(), params + [I32]), kernel.name)
     fn.attributes.add("nounwind")
@@ -820,27 +822,46 @@ def emit_forwarder(state: _ModuleState, kernel: Kernel, shared: ir.Function,
     fn.args[-1].name = "threads"
     builder = ir.IRBuilder(fn.append_basic_block("entry"))
     globals_ = [state.constant_global(c) for c in constants]
-    builder.call(shared, [*fn.args[:-1], *globals_, fn.args[-1]], tail=True)
+    builder.call(shared, [*fn.args[:-1], *immediates, *globals_, fn.args[-1]], tail=True)
     builder.ret_void()
     return fn
 
 
 def emit_kernel_group(state: _ModuleState, group: KernelGroup) -> int:
     """One function per kernel; kernels identical up to constants share one body
-    (``<first>.shared``) that each kernel's function calls with its constants.  Returns the
-    number of instructions emitted."""
+    (``<first>.shared``) that each kernel's function calls with its constants (and its values
+    of the float immediates the kernels disagree on).  Returns the number of instructions
+    emitted."""
     before = len(state.module.functions)
-    first = verify_kernel(vectorize_loops(verify_kernel(group.kernels[0])))
+    first = group.kernels[0]
     if len(group.kernels) == 1:
-        emit_kernel(state, first)
+        emit_kernel(state, verify_kernel(vectorize_loops(verify_kernel(first))))
     else:
-        shared = emit_kernel(state, first, f"{first.name}.shared", group.constants[0])
+        varying = group.varying
+        body = with_immediates_as_parameters(first, [group.immediates[0][k] for k in varying])
+        body = verify_kernel(vectorize_loops(verify_kernel(body)))
+        shared = emit_kernel(state, body, f"{first.name}.shared", group.constants[0])
         shared.linkage = "internal"
         shared.attributes.add("noinline")       # one body, however many kernels call it
-        for kernel, constants in zip(group.kernels, group.constants):
-            emit_forwarder(state, kernel, shared, constants)
+        for kernel, constants, immediates in zip(group.kernels, group.constants,
+                                                 group.immediates):
+            values = [ir.Constant(llvm_type(immediates[k].type), immediates[k].value)
+                      for k in varying]
+            emit_forwarder(state, kernel, shared, constants, values)
     return sum(len(block.instructions) for fn in state.module.functions[before:]
                for block in fn.blocks)
+
+
+def with_immediates_as_parameters(kernel: Kernel, immediates: Sequence[FloatImm]) -> Kernel:
+    """``kernel`` with each of the float immediates ``immediates`` (nodes of its body)
+    replaced by a new scalar parameter, appended to its parameters in that order."""
+    if not immediates:
+        return kernel
+    parameters = {id(imm): Var(f"immediate{k}", imm.imm_type)
+                  for k, imm in enumerate(immediates)}
+    body = rewrite(kernel.body, lambda node: parameters.get(id(node))
+                   if isinstance(node, FloatImm) else None)
+    return attrs.evolve(kernel, params=(*kernel.params, *parameters.values()), body=body)
 
 
 def lower_kernels_to_llvm(kernels: Sequence[Kernel], options: CodegenOptions = CodegenOptions(),

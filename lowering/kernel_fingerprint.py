@@ -9,10 +9,13 @@ IR is the same tree after
 * every root buffer is replaced by its number in order of first appearance plus everything
   about it but its name and data (role, element type, shape, strides, alignment); a view by
   its shape, strides and offset over its base's number;
-* floats are compared by their bits (``-0.0`` is not ``0.0``).
+* every float immediate is replaced by its type and its number in order of first
+  appearance (its value is kept apart, see below).
 
 Such kernels can share one compiled function that takes the constants as arguments
-(``lowering.codegen_llvm``).  ``group_identical_kernels`` computes the groups by hash-consing:
+(``lowering.codegen_llvm``).  Their float immediates are compared by bits (``-0.0`` is not
+``0.0``): the slots where the kernels disagree (a requantization scale folded into the code)
+become scalar arguments of the shared function too; the others stay immediates.  ``group_identical_kernels`` computes the groups by hash-consing:
 every node is interned as a tuple of its class and its fields' numbers, so equal trees get
 equal numbers in time linear in the number of distinct nodes (a shared sub-expression is
 visited once per kernel).
@@ -21,20 +24,36 @@ visited once per kernel).
 from __future__ import annotations
 
 import functools
+import struct
 from collections.abc import Sequence
 
 import attrs
 
-from lowering.loop_ir import Buffer, Expr, Kernel, Stmt, Var
+from lowering.loop_ir import Buffer, Expr, FloatImm, Kernel, Stmt, Var
 
 
 @attrs.frozen(eq=False)
 class KernelGroup:
     """Kernels identical up to constants; ``constants[i]`` are the constant root buffers of
-    ``kernels[i]`` in corresponding order (the same position plays the same role)."""
+    ``kernels[i]`` and ``immediates[i]`` its float immediates, each in corresponding order
+    (the same position plays the same role in every kernel)."""
 
     kernels: tuple[Kernel, ...]
     constants: tuple[tuple[Buffer, ...], ...]
+    immediates: tuple[tuple[FloatImm, ...], ...] = ()
+
+    @property
+    def varying(self) -> tuple[int, ...]:
+        """The immediate slots whose value (bit pattern) is not the same in every kernel."""
+        if len(self.kernels) < 2:
+            return ()
+        columns = zip(*self.immediates)
+        return tuple(slot for slot, column in enumerate(columns)
+                     if len({_bits(imm.value) for imm in column}) > 1)
+
+
+def _bits(value: float) -> bytes:
+    return struct.pack("<d", value)
 
 
 @functools.cache
@@ -51,6 +70,7 @@ class _Fingerprinter:
         self.variables: dict[int, int] = {}
         self.roots: dict[int, int] = {}
         self.constants: list[Buffer] = []
+        self.immediates: list[FloatImm] = []
 
     def intern(self, key: tuple) -> int:
         return self.table.setdefault(key, len(self.table))
@@ -66,7 +86,7 @@ class _Fingerprinter:
         if isinstance(value, tuple):
             return tuple(self.value(v) for v in value)
         if isinstance(value, float):
-            return ("float", value.hex())
+            return ("float", _bits(value))
         if isinstance(value, bool):
             return ("bool", value)
         return value        # ints, strings, None and frozen value types (types, loop kinds)
@@ -79,6 +99,9 @@ class _Fingerprinter:
             elif isinstance(node, Var):
                 order = self.variables.setdefault(id(node), len(self.variables))
                 number = self.intern(("var", order, node.var_type))
+            elif isinstance(node, FloatImm):
+                self.immediates.append(node)
+                number = self.intern(("float", len(self.immediates) - 1, node.imm_type))
             else:
                 fields = tuple(self.value(getattr(node, name))
                                for name in _init_fields(type(node)))
@@ -102,13 +125,16 @@ def group_identical_kernels(kernels: Sequence[Kernel]) -> list[KernelGroup]:
     """``kernels`` partitioned into groups identical up to constants (module docstring),
     in order of each group's first kernel."""
     table: dict[tuple, int] = {}
-    groups: dict[object, list[tuple[Kernel, tuple[Buffer, ...]]]] = {}
+    groups: dict[int, list[_Fingerprinter]] = {}
+    members: dict[int, list[Kernel]] = {}
     for kernel in kernels:
         fingerprinter = _Fingerprinter(table)
         number = fingerprinter.kernel(kernel)
-        groups.setdefault(number, []).append((kernel, tuple(fingerprinter.constants)))
-    return [KernelGroup(tuple(k for k, _ in members), tuple(c for _, c in members))
-            for members in groups.values()]
+        groups.setdefault(number, []).append(fingerprinter)
+        members.setdefault(number, []).append(kernel)
+    return [KernelGroup(tuple(members[number]), tuple(tuple(f.constants) for f in found),
+                        tuple(tuple(f.immediates) for f in found))
+            for number, found in groups.items()]
 
 
 __all__ = ["KernelGroup", "group_identical_kernels"]

@@ -46,9 +46,7 @@ def test_kernels_differing_only_in_names_and_constant_data_form_one_group():
 
 
 @pytest.mark.parametrize("other", [
-    lambda: scale_shift("k2", RNG.standard_normal(24), shift=2.0),      # another immediate
-    lambda: scale_shift("k2", RNG.standard_normal(24), shift=-0.0),     # -0.0 is not 0.0
-    lambda: scale_shift("k2", RNG.standard_normal(24), width=4),        # another schedule
+    lambda: scale_shift("k2", RNG.standard_normal(24), shift=0.0, width=4),   # schedule
     lambda: scale_shift("k2", RNG.standard_normal(24), shift=0.0, alignment=32),
 ])
 def test_any_structural_difference_separates_kernels(other):
@@ -56,6 +54,17 @@ def test_any_structural_difference_separates_kernels(other):
     first = scale_shift("k1", RNG.standard_normal(24), shift=0.0)
     groups = group_identical_kernels([base, first, other()])
     assert ["k2"] in names(groups) and ["k0", "k1"] in names(groups)
+
+
+@pytest.mark.parametrize(("shifts", "varying"), [
+    ((1.0, 1.0), ()), ((1.0, 2.0), (0,)), ((0.0, -0.0), (0,)),
+])
+def test_float_immediates_are_compared_by_bits_and_only_differing_slots_vary(shifts, varying):
+    kernels = [scale_shift(f"k{n}", RNG.standard_normal(24), shift=s)
+               for n, s in enumerate(shifts)]
+    (group,) = group_identical_kernels(kernels)
+    assert group.varying == varying
+    assert [imm.value for imm, in group.immediates] == list(shifts)
 
 
 def test_variable_identity_is_part_of_the_structure():
@@ -90,6 +99,26 @@ def test_shared_kernels_compile_to_one_body_and_each_reads_its_own_constants():
         y = np.zeros(24, np.float32)
         library.get_function(f"k{n}")(x, y, threads=1)
         np.testing.assert_allclose(y, x * scale.astype(np.float32) + 1.0, rtol=1e-6)
+
+
+def test_a_shared_body_takes_the_differing_immediates_as_arguments():
+    """Kernels differing in their shift immediate share one body taking it as a float
+    argument: each still adds its own shift."""
+    shifts = (1.0, 2.5, -3.0)
+    scales = [RNG.standard_normal(24) for _ in shifts]
+    kernels = [scale_shift(f"k{n}", s, shift=t, layer=f"l{n}")
+               for n, (s, t) in enumerate(zip(scales, shifts))]
+    lowered = lower_kernels_to_llvm(kernels, JitEngine().codegen_options())
+    text = str(lowered.ir_module)
+    assert text.count('define internal void @"k0.shared"(') == 1
+    assert 'float %"immediate0"' in text
+    library = JitEngine().add_module(lowered)
+    x = RNG.standard_normal(24).astype(np.float32)
+    for n, (scale, shift) in enumerate(zip(scales, shifts)):
+        y = np.zeros(24, np.float32)
+        library.get_function(f"k{n}")(x, y, threads=1)
+        np.testing.assert_allclose(y, x * scale.astype(np.float32) + np.float32(shift),
+                                   rtol=1e-6)
 
 
 def test_sharing_can_be_turned_off():
