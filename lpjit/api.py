@@ -124,7 +124,8 @@ def _load_cached(store: CompileCache, key: str, recompile: Callable[[], Compilat
     if entry is None or not isinstance(entry.description, ModelDescription):
         return None
     try:
-        library = ObjectLibrary(entry.code, entry.symbols, entry.externals)
+        library = ObjectLibrary(entry.code, entry.symbols, entry.externals,
+                                parts=entry.parts)
     except CodegenError:
         return None
     model = CompiledModel.from_library(entry.description, library, recompile)
@@ -336,10 +337,9 @@ class CompiledModel(ModelInterface):
         """What the compile cache stores: the description, the object code MCJIT loaded,
         the constants it binds by symbol and the other symbols it calls."""
         library = self.compilation.library
-        externals = tuple(f.name for f in library.module.functions
-                          if f.is_declaration and not f.name.startswith("llvm."))
         symbols = library.lowered.symbols if library.lowered is not None else ()
-        return CacheEntry(self.description, library.object_code(), tuple(symbols), externals)
+        return CacheEntry(self.description, library.object_code(), tuple(symbols),
+                          library.declared_functions(), library.part_objects)
 
     # -- inspection ------------------------------------------------------------------------
     @property

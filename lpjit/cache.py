@@ -13,10 +13,10 @@
 A change to any of them is a miss, so an entry can never be stale.
 
 **Entry.**  A directory ``<cache>/<key>/`` with ``code.o`` (the object MCJIT emitted),
-``constants.bin`` (the constants the code binds by symbol, 64-byte aligned) and
-``entry.pkl`` (a header, the SHA-256 of the payload, and the payload: the model's
-description for ``CompiledModel``, the symbol table, the external symbols, and the size and
-SHA-256 of the two files).  Entries are written into a temporary directory and renamed into
+``code.<k>.o`` (the objects of a program compiled in parts, if any), ``constants.bin`` (the
+constants the code binds by symbol, 64-byte aligned) and ``entry.pkl`` (a header, the SHA-256
+of the payload, and the payload: the model's description for ``CompiledModel``, the symbol
+table, the external symbols, and the size and SHA-256 of every other file).  Entries are written into a temporary directory and renamed into
 place, so readers never see half an entry.  Every checksum is verified before anything is
 unpickled or handed to LLVM: a corrupted or truncated entry is a miss (it is removed and the
 model compiled again), never a crash.
@@ -50,7 +50,7 @@ import numpy as np
 
 from lpjit.errors import InputError, LpjitError
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
 MAGIC = b"lpjit-cache-entry\n"
 DEFAULT_MAX_BYTES = 2 << 30
 ALIGNMENT = 64
@@ -211,13 +211,14 @@ def cache_key(source_digest: str, options: Any) -> str:
 @attrs.frozen(eq=False)
 class CacheEntry:
     """What a cache entry holds: the model's ``description`` (any picklable object), the
-    object ``code``, the ``symbols`` it binds (name, 64-byte aligned array) and the other
-    ``externals`` it calls."""
+    object ``code``, the ``symbols`` it binds (name, 64-byte aligned array), the other
+    ``externals`` it calls, and the objects of its ``parts`` (loaded with ``code``)."""
 
     description: Any
     code: bytes
     symbols: tuple[tuple[str, np.ndarray], ...]
     externals: tuple[str, ...] = ()
+    parts: tuple[bytes, ...] = ()
 
 
 class CorruptEntryError(Exception):
@@ -306,6 +307,8 @@ class CompileCache:
 
 def _write_entry(directory: Path, key: str, entry: CacheEntry) -> None:
     (directory / "code.o").write_bytes(entry.code)
+    for number, code in enumerate(entry.parts, 1):
+        (directory / f"code.{number}.o").write_bytes(code)
     table, offset = [], 0
     with open(directory / "constants.bin", "wb") as blob:
         for name, data in entry.symbols:
@@ -320,6 +323,7 @@ def _write_entry(directory: Path, key: str, entry: CacheEntry) -> None:
         "format": CACHE_FORMAT, "key": key, "description": entry.description,
         "symbols": table, "externals": tuple(entry.externals),
         "code": (len(entry.code), hashlib.sha256(entry.code).hexdigest()),
+        "parts": [(len(code), hashlib.sha256(code).hexdigest()) for code in entry.parts],
         "constants": (offset, _file_sha256(directory / "constants.bin")),
     }, protocol=pickle.HIGHEST_PROTOCOL)
     (directory / "entry.pkl").write_bytes(MAGIC + hashlib.sha256(payload).digest() + payload)
@@ -336,6 +340,12 @@ def _read_entry(directory: Path, key: str) -> CacheEntry:
     code = (directory / "code.o").read_bytes()
     if (len(code), hashlib.sha256(code).hexdigest()) != meta["code"]:
         raise CorruptEntryError("code.o fails its checksum")
+    parts = []
+    for number, expected in enumerate(meta["parts"], 1):
+        part = (directory / f"code.{number}.o").read_bytes()
+        if (len(part), hashlib.sha256(part).hexdigest()) != tuple(expected):
+            raise CorruptEntryError(f"code.{number}.o fails its checksum")
+        parts.append(part)
     blob = _read_aligned(directory / "constants.bin", meta["constants"])
     symbols = []
     for name, dtype, shape, offset in meta["symbols"]:
@@ -343,7 +353,8 @@ def _read_entry(directory: Path, key: str) -> CacheEntry:
         count = int(np.prod(shape, dtype=np.int64))
         array = blob[offset:offset + count * dtype.itemsize].view(dtype).reshape(shape)
         symbols.append((name, array))
-    return CacheEntry(meta["description"], code, tuple(symbols), tuple(meta["externals"]))
+    return CacheEntry(meta["description"], code, tuple(symbols), tuple(meta["externals"]),
+                      tuple(parts))
 
 
 def _read_aligned(path: Path, expected: tuple[int, str]) -> np.ndarray:

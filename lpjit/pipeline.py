@@ -7,6 +7,11 @@
 times it, reports it to an optional progress callback, verifies its result when asked (the
 tests do), and can write the IR after each step to a directory (``01-fold_constants.graph``,
 ``02-lower_graph_to_loops.loops``, ...).
+
+The last two steps overlap: a big program is emitted in parts, and the codegen's
+``ParallelCompiler`` optimises (and, for the JIT, compiles to machine code) each part on its
+worker threads while ``lower_program_to_llvm`` emits the next; ``compile_llvm`` then waits
+for the parts, compiles the entry point and loads everything.
 """
 
 from __future__ import annotations
@@ -169,19 +174,19 @@ def compile_graph(graph: Graph, options: CompileOptions = CompileOptions(),
                       verifier=lambda p: verify_memory_plan(p, program),
                       dumps=(("memory", print_memory_plan),))
     engine = codegen or jit_engine()
-    background = engine.background_optimizer()     # optimises kernels as they are emitted
+    workers = engine.parallel_compiler()         # compiles kernels while the rest is emitted
     try:
         module = runner.run("lower_program_to_llvm",
                             lambda: lower_program_to_llvm(program, plan,
                                                           engine.codegen_options(),
-                                                          sink=background.submit),
+                                                          sink=workers.submit),
                             dumps=(("ll", lambda m: m.lowered.text()),))
         library = runner.run("compile_llvm", lambda: engine.add_module(module.lowered,
-                                                                       background),
+                                                                       workers),
                              dumps=(("opt.ll", JitLibrary.llvm_ir),
                                     ("s", JitLibrary.assembly)))
     finally:
-        background.close()
+        workers.close()
     return Compilation(graph, program, plan, module, library, options, tuple(runner.records),
                        precision)
 

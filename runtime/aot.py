@@ -35,14 +35,8 @@ from lowering.target import Target
 from lpjit.errors import ExportError
 from runtime.c_library import LibraryInterface, render_header, render_runtime
 from runtime.cpu_features import ISA_LEVELS, checked_features
-from runtime.jit import (
-    BackgroundOptimizer,
-    CodeLibrary,
-    CPUCodegen,
-    JitLibrary,
-    TargetSpec,
-    initialize_llvm,
-)
+from runtime.jit import CodeLibrary, CPUCodegen, JitLibrary, TargetSpec, initialize_llvm
+from runtime.parallel_compile import ParallelCompiler
 
 OPENMP_SYMBOLS = ("GOMP_parallel", "omp_get_thread_num", "omp_get_num_threads")
 X86_64_TRIPLE = "x86_64-unknown-linux-gnu"
@@ -179,7 +173,7 @@ class AotLibrary(CodeLibrary):
     """A library compiled for an ``ExportTarget``: its object code, for a shared library."""
 
     def __init__(self, codegen: AotCodegen, source: LoweredModule,
-                 parts: BackgroundOptimizer | None = None) -> None:
+                 parts: ParallelCompiler | None = None) -> None:
         super().__init__(codegen, source, parts)
         self.export_target = codegen.export_target
 

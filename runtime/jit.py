@@ -23,9 +23,7 @@ import ctypes
 import ctypes.util
 import functools
 import os
-import queue
-import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import attrs
 import llvmlite.binding as llvm
@@ -37,6 +35,7 @@ from lowering.bounds_checks import raise_recorded_failure
 from lowering.codegen_llvm import CodegenOptions, LoweredModule, lower_kernels_to_llvm
 from lowering.loop_ir import Buffer, Kernel
 from lpjit.errors import CodegenError
+from runtime.parallel_compile import CompiledPart, ParallelCompiler, compile_part
 
 # Features implied by CPU names we compile for without running (the host reports its own).
 _AVX2 = frozenset({"sse2", "ssse3", "sse4.1", "avx", "avx2", "fma", "f16c"})
@@ -122,37 +121,84 @@ class TargetSpec:
             llvm.initialize_all_targets()
             llvm.initialize_all_asmprinters()
         target = llvm.Target.from_triple(self.triple or llvm.get_process_triple())
-        # Position-independent code: external data (constants bound by symbol, anywhere in
-        # the address space) is reached through the GOT, and a shared object can be linked.
+        # Ahead of time: position-independent code, so that a shared object can be linked.
+        # JIT: absolute addresses (the JIT's large code model reaches anywhere), which MCJIT
+        # relocates correctly across several objects (its GOT-relative relocations do not).
         return target.create_target_machine(cpu=self.cpu, features=self.features, opt=opt_level,
-                                            reloc="pic", codemodel="jitdefault", jit=jit)
+                                            reloc="static" if jit else "pic",
+                                            codemodel="jitdefault", jit=jit)
 
 
 class CodeLibrary:
     """Compiled LLVM IR for one target: verified, optimised, printable as IR and assembly.
 
-    A ``LoweredModule`` emitted in parts has each part optimised on its own (by ``parts``, a
-    ``BackgroundOptimizer`` that received them while they were emitted, else here), then
-    linked into the main module."""
+    A ``LoweredModule`` emitted in parts has its parts compiled separately (by ``parts``, the
+    ``ParallelCompiler`` that received them while they were emitted, else here) and its main
+    module (the entry point) optimised here.  The parts' optimised bitcode is linked into the
+    main module, at once, or, when the parts were compiled to machine code
+    (``CPUCodegen.part_objects``), only if ``module`` is asked for (inspection, pickling).
+    """
 
     def __init__(self, codegen: CPUCodegen, source: LoweredModule | ir.Module | str,
-                 parts: BackgroundOptimizer | None = None) -> None:
+                 parts: ParallelCompiler | None = None) -> None:
         self.codegen = codegen
         self.lowered = source if isinstance(source, LoweredModule) else None
         text = str(source.ir_module if self.lowered is not None else source)
         part_texts = self.lowered.parts if self.lowered is not None else ()
         self.unoptimized_ir = "\n".join((text, *part_texts))
-        module = codegen.parse_and_optimize(text)
-        optimized = (parts.finish() if parts is not None
-                     else [codegen.parse_and_optimize(part) for part in part_texts])
-        for part in optimized:
+        self.main = codegen.parse_and_optimize(text)
+        machine = codegen.part_machine() if part_texts and parts is None else None
+        self.parts: tuple[CompiledPart, ...] = tuple(
+            parts.finish() if parts is not None
+            else [compile_part(codegen, part, machine) for part in part_texts])
+        self._module = None if self.part_objects else self._linked(self.main)
+
+    @property
+    def part_objects(self) -> tuple[bytes, ...]:
+        """The machine code of the parts, when they were compiled to objects."""
+        return tuple(p.object for p in self.parts if p.object is not None)
+
+    @property
+    def module(self) -> llvm.ModuleRef:
+        """The whole optimised program as one LLVM module."""
+        if self._module is None:
+            self._module = self._linked(llvm.parse_bitcode(self.main.as_bitcode()))
+        return self._module
+
+    def _linked(self, module: llvm.ModuleRef) -> llvm.ModuleRef:
+        for part in self.parts:
             try:
-                module.link_in(part)
+                module.link_in(llvm.parse_bitcode(part.bitcode))
             except RuntimeError as error:
                 raise CodegenError(f"LLVM could not link the generated modules: {error}"
                                    ) from None
         module.verify()
-        self.module = module
+        return module
+
+    def declared_functions(self) -> tuple[str, ...]:
+        """Functions the code calls but does not define (LLVM intrinsics aside)."""
+        return self._declared(lambda m: m.functions, lambda p: p.declared_functions)
+
+    def declared_globals(self) -> tuple[str, ...]:
+        """Global variables the code reads but does not define (constants bound by symbol)."""
+        return self._declared(lambda m: m.global_variables, lambda p: p.declared_globals)
+
+    def _declared(self, of_module, of_part) -> tuple[str, ...]:
+        defined = {v.name for m in self._modules() for v in of_module(m) if not v.is_declaration}
+        names = [v.name for m in self._modules() for v in of_module(m) if v.is_declaration]
+        if self._module is None:
+            names += [name for part in self.parts for name in of_part(part)]
+            defined |= self._part_definitions()
+        out = dict.fromkeys(n for n in names if not n.startswith("llvm.") and n not in defined)
+        return tuple(out)
+
+    def _modules(self) -> tuple[llvm.ModuleRef, ...]:
+        return (self._module if self._module is not None else self.main,)
+
+    def _part_definitions(self) -> set[str]:
+        """Names the parts define: every kernel the main module declares from them."""
+        kernels = self.lowered.kernels if self.lowered is not None else ()
+        return {k.name for k in kernels}
 
     def llvm_ir(self) -> str:
         """The optimised LLVM IR."""
@@ -168,9 +214,13 @@ class CodeLibrary:
 
 
 class CPUCodegen:
-    """Compiles LLVM modules for one ``TargetSpec`` at optimisation level ``opt_level``."""
+    """Compiles LLVM modules for one ``TargetSpec`` at optimisation level ``opt_level``.
+
+    ``part_objects``: the parts of a program are compiled to machine code on the workers
+    (a JIT loads several objects); otherwise they are linked into one module first."""
 
     library_class: type[CodeLibrary] = CodeLibrary
+    part_objects = False
     _jit = False
 
     def __init__(self, target: TargetSpec | None = None, opt_level: int = 3) -> None:
@@ -198,12 +248,21 @@ class CPUCodegen:
         self.optimize(module)
         return module
 
-    def background_optimizer(self) -> BackgroundOptimizer:
-        """A worker thread optimising modules for this codegen as they are submitted."""
-        return BackgroundOptimizer(self)
+    def part_machine(self) -> llvm.TargetMachine:
+        """A target machine of this codegen's kind for one worker thread."""
+        return self.target.target_machine(self.opt_level, jit=self._jit)
 
-    def optimize(self, module: llvm.ModuleRef) -> None:
+    def parallel_compiler(self, workers: int | None = None) -> ParallelCompiler:
+        """Worker threads compiling a program's parts for this codegen as they are
+        submitted (``runtime.parallel_compile``)."""
+        return ParallelCompiler(self, workers)
+
+    def optimize(self, module: llvm.ModuleRef, machine: llvm.TargetMachine | None = None,
+                 run: Callable[[llvm.PassBuilder, llvm.ModuleRef], None] | None = None
+                 ) -> None:
         """The O3 module pipeline; LLVM's own vectorizers stay off (the schedule decides).
+        ``machine``: the target machine to tune for (default: this codegen's); ``run``:
+        how to run the pipeline (default: llvmlite's locked call).
 
         llvmlite 0.50 leaks about 60-80 KB of C heap per run (its pass builder's
         ``PassInstrumentationCallbacks`` is never freed); ``tests/runtime/test_resources.py``
@@ -211,13 +270,16 @@ class CPUCodegen:
         tuning = llvm.create_pipeline_tuning_options(speed_level=self.opt_level)
         tuning.loop_vectorization = False
         tuning.slp_vectorization = False
-        builder = llvm.create_pass_builder(self.target_machine, tuning)
-        builder.getModulePassManager().run(module, builder)
+        builder = llvm.create_pass_builder(machine or self.target_machine, tuning)
+        if run is None:
+            builder.getModulePassManager().run(module, builder)
+        else:
+            run(builder, module)
 
     def add_module(self, source: LoweredModule | ir.Module | str,
-                   parts: BackgroundOptimizer | None = None) -> CodeLibrary:
-        """Compile ``source`` into a library of this codegen's kind (``parts``: the worker
-        that optimised its parts, see ``CodeLibrary``)."""
+                   parts: ParallelCompiler | None = None) -> CodeLibrary:
+        """Compile ``source`` into a library of this codegen's kind (``parts``: the compiler
+        its parts were submitted to, see ``CodeLibrary``)."""
         return self.library_class(self, source, parts)
 
     def compile_kernels(self, kernels: Sequence[Kernel], **options) -> CodeLibrary:
@@ -225,59 +287,17 @@ class CPUCodegen:
         return self.add_module(lower_kernels_to_llvm(kernels, self.codegen_options(**options)))
 
 
-class BackgroundOptimizer:
-    """Parses and optimises LLVM IR texts on a worker thread while the caller emits more.
-
-    llvmlite releases the GIL inside every LLVM call (it serialises LLVM calls with its own
-    lock, which the Python-only IR emission never takes), so emitting part ``k + 1`` in
-    Python and optimising part ``k`` in LLVM run on two cores at once.  ``submit`` queues a
-    text; ``finish`` waits for the queue to drain and returns the optimised modules in
-    submission order, or raises the first error; ``close`` stops the worker (idempotent).
-    """
-
-    def __init__(self, codegen: CPUCodegen) -> None:
-        self.codegen = codegen
-        self._queue: queue.SimpleQueue[str | None] = queue.SimpleQueue()
-        self._modules: list[llvm.ModuleRef] = []
-        self._error: CodegenError | None = None
-        self._thread = threading.Thread(target=self._work, name="lpjit-llvm", daemon=True)
-        self._thread.start()
-
-    def submit(self, text: str) -> None:
-        self._queue.put(text)
-
-    def _work(self) -> None:
-        while (text := self._queue.get()) is not None:
-            if self._error is not None:
-                continue
-            try:
-                self._modules.append(self.codegen.parse_and_optimize(text))
-            except CodegenError as error:
-                self._error = error
-
-    def finish(self) -> list[llvm.ModuleRef]:
-        self.close()
-        if self._error is not None:
-            raise self._error
-        modules, self._modules = self._modules, []
-        return modules
-
-    def close(self) -> None:
-        if self._thread.is_alive():
-            self._queue.put(None)
-            self._thread.join()
-
-
 class JitLibrary(CodeLibrary):
     """A library loaded into the process by MCJIT: function addresses and callables."""
 
     def __init__(self, codegen: JitEngine, source: LoweredModule | ir.Module | str,
-                 parts: BackgroundOptimizer | None = None) -> None:
+                 parts: ParallelCompiler | None = None) -> None:
         super().__init__(codegen, source, parts)
         symbols = self.lowered.symbols if self.lowered is not None else ()
         # Checked before anything is registered: MCJIT would bind a missing symbol to 0 and
         # the first call would jump there.
-        missing = unresolved_symbols(self.module, {name for name, _ in symbols})
+        missing = unresolved_symbols(self.declared_functions() + self.declared_globals(),
+                                     {name for name, _ in symbols})
         if missing:
             raise CodegenError(f"the compiled module refers to {', '.join(missing)}, which "
                                "this process does not define (a missing runtime library?)")
@@ -287,16 +307,26 @@ class JitLibrary(CodeLibrary):
             llvm.add_symbol(name, data.ctypes.data)
         # The engine takes ownership of its target machine: give it its own.
         machine = codegen.target.target_machine(codegen.opt_level, jit=True)
-        self.engine = llvm.create_mcjit_compiler(self.module, machine)
+        loaded = self.main if self._module is None else self._module
+        self.engine = llvm.create_mcjit_compiler(loaded, machine)
         # Keep the object MCJIT emits (for the compile cache); the callback holds no `self`.
         emitted: list[bytes] = []
         self.engine.set_object_cache(lambda module, code: emitted.append(code))
-        self.engine.finalize_object()
+        try:
+            for code in self.part_objects:
+                self.engine.add_object_file(llvm.ObjectFileRef.from_data(code))
+            self.engine.finalize_object()
+        except RuntimeError as error:
+            raise CodegenError(f"MCJIT rejected the compiled code: {error}") from None
         self._object = emitted[0] if emitted else None
 
     def object_code(self) -> bytes:
-        """The relocatable object MCJIT loaded (JIT code model), as emitted once."""
-        return self._object if self._object is not None else super().object_code()
+        """The relocatable object MCJIT emitted for the main module (JIT code model), as
+        emitted once; the parts' objects are ``part_objects``."""
+        if self._object is not None:
+            return self._object
+        return self.codegen.target_machine.emit_object(
+            self.main if self._module is None else self._module)
 
     def function_address(self, name: str) -> int:
         address = self.engine.get_function_address(name)
@@ -312,11 +342,9 @@ class JitLibrary(CodeLibrary):
         return KernelFunction(self, self.lowered.kernel(name), self.function_address(name))
 
 
-def unresolved_symbols(module: llvm.ModuleRef, provided: set[str]) -> list[str]:
-    """Functions and globals ``module`` declares but neither ``provided`` nor this process
-    defines (LLVM intrinsics aside), in module order."""
-    declared = [f.name for f in module.functions if f.is_declaration]
-    declared += [g.name for g in module.global_variables if g.is_declaration]
+def unresolved_symbols(declared: Sequence[str], provided: set[str]) -> list[str]:
+    """The names in ``declared`` that neither ``provided`` nor this process defines (LLVM
+    intrinsics aside), in order."""
     return [name for name in declared if not name.startswith("llvm.") and name not in provided
             and llvm.address_of_symbol(name) is None]
 
@@ -325,6 +353,7 @@ class JitEngine(CPUCodegen):
     """The host CPU's codegen: its libraries run in this process."""
 
     library_class = JitLibrary
+    part_objects = True
     _jit = True
 
     def __init__(self, opt_level: int = 3) -> None:

@@ -8,7 +8,8 @@ generation:
 1. bind every constant symbol to its (64-byte aligned) array with ``llvm.add_symbol``;
 2. check that every other external symbol the code needs (OpenMP, libm) resolves in this
    process, so that a mismatch is a ``CodegenError`` and not an LLVM abort;
-3. hand the object to a fresh MCJIT engine (over an empty module) and finalize it.
+3. hand the object (and those of the program's parts, if it was compiled in parts) to a
+   fresh MCJIT engine (over an empty module) and finalize it.
 
 Function addresses then come from ``function_address`` like a ``JitLibrary``'s.
 """
@@ -28,11 +29,13 @@ class ObjectLibrary:
     """An object file loaded by MCJIT for the host CPU (see the module docstring).
 
     ``symbols`` are the constants bound by name (kept alive with the library);
-    ``externals`` the other undefined symbols the object calls, checked before loading.
+    ``externals`` the other undefined symbols the object calls, checked before loading;
+    ``parts`` further objects loaded with ``code``.
     """
 
     def __init__(self, code: bytes, symbols: Sequence[tuple[str, np.ndarray]],
-                 externals: Sequence[str] = (), opt_level: int = 3) -> None:
+                 externals: Sequence[str] = (), opt_level: int = 3,
+                 parts: Sequence[bytes] = ()) -> None:
         initialize_llvm()
         self.symbols = tuple(symbols)
         bound = {name for name, _ in self.symbols}
@@ -49,7 +52,8 @@ class ObjectLibrary:
         module.data_layout = str(machine.target_data)
         self.engine = llvm.create_mcjit_compiler(module, machine)
         try:
-            self.engine.add_object_file(llvm.ObjectFileRef.from_data(code))
+            for obj in (code, *parts):
+                self.engine.add_object_file(llvm.ObjectFileRef.from_data(obj))
             self.engine.finalize_object()
         except RuntimeError as error:
             raise CodegenError(f"MCJIT rejected the object code: {error}") from None

@@ -7,17 +7,23 @@ its name, and a part LLVM rejects is reported as the single module's error would
 
 from __future__ import annotations
 
+import pickle
+
 import llvmlite.binding as llvm
+import lowp_graphs as lg
 import numpy as np
 import pytest
 import test_entry_point as chain
 
+import lpjit
+import lpjit.profiling
 from lowering.builder import KernelBuilder
 from lowering.codegen_llvm import lower_kernels_to_llvm
 from lowering.loop_ir import f32, vectorized
 from lpjit.errors import CodegenError
 from runtime.entry_point import ENTRY_POINT, lower_program_to_llvm
 from runtime.executable import BufferSpec, Executable
+from runtime.jit import CPUCodegen, JitEngine, TargetSpec
 from runtime.memory import plan_memory
 
 RNG = np.random.default_rng(5)
@@ -56,7 +62,7 @@ def test_a_program_compiled_in_parts_computes_what_the_single_module_does(backgr
     program = chain.chain_program()
     plan = plan_memory(program)
     engine = chain.engine()
-    worker = engine.background_optimizer() if background else None
+    worker = engine.parallel_compiler() if background else None
     try:
         module = lower_program_to_llvm(program, plan,
                                        engine.codegen_options(part_instructions=1),
@@ -80,7 +86,7 @@ def test_a_program_compiled_in_parts_computes_what_the_single_module_does(backgr
 
 def test_the_worker_reports_the_first_rejected_part_and_skips_the_rest():
     engine = chain.engine()
-    worker = engine.background_optimizer()
+    worker = engine.parallel_compiler()
     good = str(lower_kernels_to_llvm([scaled("ok", 8, 2.0)], engine.codegen_options())
                .ir_module)
     worker.submit(good)
@@ -91,12 +97,72 @@ def test_the_worker_reports_the_first_rejected_part_and_skips_the_rest():
     worker.close()                            # idempotent
 
 
-def test_the_worker_returns_optimised_modules_in_submission_order():
+def test_the_workers_return_compiled_parts_in_submission_order():
+    """Each part comes back as optimised bitcode defining its kernels, the names it needs
+    from elsewhere, and (JIT) its object code."""
     engine = chain.engine()
-    worker = engine.background_optimizer()
+    workers = engine.parallel_compiler()
     for n in range(3):
-        worker.submit(str(lower_kernels_to_llvm([scaled(f"m{n}", 8, 2.0)],
-                                                engine.codegen_options()).ir_module))
-    modules = worker.finish()
-    assert [[f.name for f in m.functions if not f.is_declaration] for m in modules] == \
-        [["m0"], ["m1"], ["m2"]]
+        workers.submit(str(lower_kernels_to_llvm([scaled(f"m{n}", 8, 2.0)],
+                                                 engine.codegen_options()).ir_module))
+    parts = workers.finish()
+    defined = [[f.name for f in llvm.parse_bitcode(p.bitcode).functions
+                if not f.is_declaration] for p in parts]
+    assert defined == [["m0"], ["m1"], ["m2"]]
+    assert all(p.object[:4] == b"\x7fELF" for p in parts)
+
+
+def test_an_ahead_of_time_codegen_links_parts_instead_of_loading_objects():
+    """A codegen for another CPU optimises parts in parallel but makes no objects: its
+    library is one linked module, as for a program emitted whole."""
+    codegen = CPUCodegen(TargetSpec.for_cpu("znver3"))
+    workers = codegen.parallel_compiler()
+    kernels = [scaled(f"k{n}", 8 + n, 1.5) for n in range(3)]
+    lowered = lower_kernels_to_llvm(kernels, codegen.codegen_options(part_instructions=1),
+                                    sink=workers.submit)
+    library = codegen.add_module(lowered, workers)
+    assert library.part_objects == ()
+    assert [f.name for f in library.module.functions if not f.is_declaration] == \
+        ["k0", "k1", "k2"]
+    assert all(f"\nk{n}:" in library.assembly() for n in range(3))
+
+
+def three_layers():
+    """x[2, 48] -> MatMul 48 -> ReLU -> MatMul 48 -> ReLU -> MatMul 32 + x-independent bias."""
+    x = lg.parameter((2, 48))
+    hidden = lg.relu(lg.matmul(x.output, lg.f32(RNG.standard_normal((48, 48))), name="m1"),
+                     name="r1")
+    hidden = lg.relu(lg.matmul(hidden, lg.f32(RNG.standard_normal((48, 48))), name="m2"),
+                     name="r2")
+    out = lg.add(lg.matmul(hidden, lg.f32(RNG.standard_normal((32, 48))), name="m3"),
+                 lg.f32(RNG.standard_normal(32)), name="bias")
+    return lg.graph([x], out)
+
+
+@pytest.fixture
+def tiny_parts(monkeypatch):
+    """``lpjit.compile`` emits every program in one-instruction parts."""
+    options = JitEngine.codegen_options
+    monkeypatch.setattr(JitEngine, "codegen_options",
+                        lambda self, **kw: options(self, **{"part_instructions": 1, **kw}))
+
+
+def test_a_model_compiled_in_parts_runs_caches_pickles_and_profiles(tiny_parts, tmp_path):
+    """End to end through lpjit.compile: parts loaded as several objects give the single
+    module's outputs; the cache stores and reloads every object; the model pickles (its
+    parts linked into one library) and profiles by step."""
+    graph = three_layers()
+    x = RNG.uniform(-1, 1, (2, 48)).astype(np.float32)
+    whole = lpjit.compile(graph, threads=1, cache=False)
+    split = lpjit.compile(graph, threads=1, cache=tmp_path)
+    assert len(split.compilation.library.part_objects) >= 2
+    np.testing.assert_array_equal(split(x)[0], whole(x)[0])
+    again = lpjit.compile(graph, threads=1, cache=tmp_path)
+    assert again.from_cache
+    assert len(list(again.cache_entry.glob("code.*.o"))) == \
+        len(split.compilation.library.part_objects)
+    np.testing.assert_array_equal(again(x)[0], whole(x)[0])
+    np.testing.assert_array_equal(pickle.loads(pickle.dumps(split))(x)[0], whole(x)[0])
+    profile = lpjit.profiling.profile_model(split, [x], iterations=3)
+    assert len(profile.steps) == len(split.program.steps)
+    assert "define" in split.llvm_ir() and "m1" in split.assembly()
