@@ -134,6 +134,16 @@ class PoolBody:
                inside_last: bool) -> None:
         raise NotImplementedError
 
+    # The row scheme (``_lower_rows``): the taps' values combined along the outer axes into a
+    # padded row of ``row_type`` (``identity`` in the padding), then along the last axis.
+    row_type: ScalarType | None = None    # None: this body needs the per-tap scheme
+
+    def identity(self) -> float | int:
+        raise NotImplementedError
+
+    def combine(self, acc: Expr, x: Expr) -> Expr:
+        raise NotImplementedError
+
 
 def lower_pool(ctx: LoweringContext, node: nn.Pool, source: Buffer,
                body_of: Callable[[], PoolBody]) -> list:
@@ -142,6 +152,9 @@ def lower_pool(ctx: LoweringContext, node: nn.Pool, source: Buffer,
     b = kernel_builder(ctx, node)
     batch, channels = node.input_type(0).shape[:2]
     taken = [False]
+    length = _row_length(window, body_of())
+    if length:
+        return _lower_rows(ctx, node, window, source, body_of(), length)
     with contextlib.ExitStack() as stack:
         n = stack.enter_context(b.for_range(batch, parallel_kind(ctx, batch, taken), "n"))
         c = stack.enter_context(b.for_range(channels, parallel_kind(ctx, channels, taken), "c"))
@@ -163,6 +176,156 @@ def lower_pool(ctx: LoweringContext, node: nn.Pool, source: Buffer,
                 _taps(b, window, source, nc, [*outs, o_last], region, body)
                 body.finish(b, nc, [*outs, o_last], region.inside)
     return [make_kernel(b)]
+
+# Rows longer than this (elements) and last-axis kernels wider than this take the per-tap
+# scheme (the row lives on the stack; the last-axis taps are unrolled).
+MAX_ROW = 16384
+MAX_ROW_TAPS = 16
+# Stack bytes of one chunk of rows (the rows of a channel are split into as few chunks).
+SCRATCH_BYTES = 16384
+
+
+def _row_length(window: Window, body: PoolBody) -> int:
+    """The padded row length of the row scheme, 0 when the pool takes the per-tap scheme
+    (a body without one, last-axis stride above 2, a kernel or a row too long)."""
+    k, s, d = window.kernel[-1], window.stride[-1], window.dilation[-1]
+    if body.row_type is None or s > 2 or k > MAX_ROW_TAPS:
+        return 0
+    # Reads of the last block (``_combine_row``) end at out*s + ((k-1)*d // s)*s.
+    length = max(window.pad[-1] + window.size[-1], window.out[-1] * s + (k - 1) * d // s * s)
+    return length if length <= MAX_ROW else 0
+
+
+def _lower_rows(ctx: LoweringContext, node: nn.Pool, window: Window, source: Buffer,
+                body: PoolBody, length: int) -> list:
+    """The row scheme: per ``n``, ``c`` and chunk of output rows (the outer output axes
+    flattened), pass 1 fills a stack row per output row with the outer taps of each input
+    column combined (``_fill_row``), then pass 2 combines each output's last-axis taps from
+    it (``_combine_row``).  The passes are separate loops over the chunk, so that the second
+    reads the rows from memory (forwarding the first's stores into registers would need
+    cross-lane byte shuffles)."""
+    b = kernel_builder(ctx, node)
+    batch, channels = node.input_type(0).shape[:2]
+    t = body.row_type
+    lanes = ctx.target.vector_bits // t.bits
+    rows = math.prod(window.out[:-1])
+    chunks = max(1, -(-rows * length * t.nbytes // SCRATCH_BYTES))
+    per_chunk = -(-rows // chunks)
+    chunks = -(-rows // per_chunk)
+    taken = [False]
+    with (b.for_range(batch, parallel_kind(ctx, batch, taken), "n") as n,
+          b.for_range(channels, parallel_kind(ctx, channels, taken), "c") as c,
+          b.for_range(chunks, parallel_kind(ctx, chunks, taken), "g") as g):
+        scratch = b.allocate("rows", t, (per_chunk, length))
+        first: Expr = g * per_chunk
+        if rows % per_chunk:
+            # The last chunk ends at the last row, overlapping the one before.
+            first = lb.min_(first, rows - per_chunk)
+        first = b.let(first, "first")
+        for fill in (True, False):
+            with b.for_range(per_chunk, SERIAL, "r") as r:
+                outs = _unflatten(first + r, window.out[:-1])
+                if fill:
+                    _fill_row(b, window, source, (n, c), outs, scratch, r, body, lanes)
+                else:
+                    _combine_row(b, window, (n, c), outs, scratch, r, body, lanes)
+    return [make_kernel(b)]
+
+
+def _unflatten(q: Expr, extents: Sequence[int]) -> list[Expr]:
+    """The indices of row-major position ``q`` (``< prod(extents)``) in ``extents``."""
+    outs: list[Expr] = []
+    inner = math.prod(extents)
+    for axis, extent in enumerate(extents):
+        inner //= extent
+        index = q if inner == 1 else q // inner
+        outs.append(index % extent if axis else index)
+    return outs
+
+
+def _fill_row(b: lb.KernelBuilder, window: Window, source: Buffer, nc: tuple[Expr, ...],
+              outs: Sequence[Expr], scratch: Buffer, r: Expr, body: PoolBody,
+              lanes: int) -> None:
+    """``scratch[r, pad + x]`` = the outer taps of input column ``x`` combined (the taps in
+    the padding skipped by a guard uniform across lanes), ``identity`` at the other
+    positions."""
+    t = body.row_type
+    pad, size = window.pad[-1], window.size[-1]
+    length = scratch.shape[1]
+
+    def fill(lo: int) -> Callable[[Expr, int], None]:
+        def emit(start: Expr, width: int) -> None:
+            b.store(scratch, (r, _span(start + lo if lo else start, width)),
+                    as_expr(body.identity(), t.with_lanes(width)))
+        return emit
+
+    if pad:
+        _blocks(b, pad, lanes, fill(0))
+    if length > pad + size:
+        _blocks(b, length - pad - size, lanes, fill(pad + size))
+
+    def column(start: Expr, width: int) -> None:
+        acc = b.local(as_expr(body.identity(), t.with_lanes(width)), "acc")
+        with contextlib.ExitStack() as stack:
+            coords = []
+            for axis, o in enumerate(outs):
+                lo, hi = window.taps(axis, 0, window.out[axis] - 1)
+                k: Expr = stack.enter_context(b.for_range(hi - lo, SERIAL, "k"))
+                index = b.let(_input_index(o, k + lo if lo else k, window, axis), "ih")
+                if not window.always_inside(axis):
+                    stack.enter_context(b.if_(lb.binary("and", lb.ge(index, 0),
+                                                        lb.lt(index, window.size[axis]))))
+                coords.append(index)
+            x = b.let(Load(source, (*nc, *coords, _span(start, width))), "x")
+            b.assign(acc, body.combine(acc, x))
+        b.store(scratch, (r, _span(start + pad if pad else start, width)), acc)
+
+    _blocks(b, size, lanes, column)
+
+
+def _combine_row(b: lb.KernelBuilder, window: Window, nc: tuple[Expr, ...],
+                 outs: Sequence[Expr], scratch: Buffer, r: Expr, body: PoolBody,
+                 lanes: int) -> None:
+    """Each output of the row combines its last-axis taps ``scratch[r, o*stride +
+    k*dilation]``, with no bounds test; a block of outputs reads ``stride`` dense vectors
+    per group of taps and picks every ``stride``-th lane."""
+    stride, dilation = window.stride[-1], window.dilation[-1]
+
+    def emit(start: Expr, width: int) -> None:
+        body.start(b, width)
+        base = start * stride if stride > 1 else start
+        for k in range(window.kernel[-1]):
+            offset = k * dilation
+            if width == 1:
+                value: Expr = Load(scratch, (r, base + offset if offset else base))
+            else:
+                head = offset // stride * stride
+                value = _strided(scratch, (r,), base + head if head else base, stride, width,
+                                 offset % stride)
+            body.visit(b, Tap(value, (), as_expr(0), window.size))
+        body.finish(b, nc, [*outs, _span(start, width)], False)
+
+    _blocks(b, window.out[-1], lanes, emit)
+
+
+def _span(start: Expr, width: int) -> Expr:
+    return start if width == 1 else lb.ramp(start, width)
+
+
+def _blocks(b: lb.KernelBuilder, extent: int, lanes: int,
+            emit: Callable[[Expr, int], None]) -> None:
+    """``emit(start, width)`` for blocks covering ``[0, extent)``: a loop of whole blocks of
+    ``width`` (``lanes``, or the largest power of two up to ``extent``), then one block
+    ending at ``extent`` overlapping the last (its values are recomputed, not changed)."""
+    width = min(lanes, 1 << (extent.bit_length() - 1))
+    whole = extent // width
+    if whole == 1:
+        emit(as_expr(0), width)
+    else:
+        with b.for_range(whole, SERIAL, "x") as x:
+            emit(x * width, width)
+    if extent % width:
+        emit(as_expr(extent - width), width)
 
 
 @attrs.frozen
@@ -241,13 +404,15 @@ def _taps(b: lb.KernelBuilder, window: Window, source: Buffer, nc: tuple[Expr, .
             body.visit(b, Tap(value, tuple(outer), innermost, window.size))
 
 
-def _strided(source: Buffer, head: tuple[Expr, ...], start: Expr, stride: int, lanes: int
-             ) -> Expr:
-    """``source[*head, start + stride*j]`` for lanes ``j``: ``stride`` (2) dense loads and
-    one shuffle picking every ``stride``-th element."""
+def _strided(source: Buffer, head: tuple[Expr, ...], start: Expr, stride: int, lanes: int,
+             phase: int = 0) -> Expr:
+    """``source[*head, start + phase + stride*j]`` for lanes ``j``: ``stride`` dense loads
+    from ``start`` and one shuffle picking every ``stride``-th element."""
+    if stride == 1:
+        return Load(source, (*head, lb.ramp(start + phase if phase else start, lanes)))
     chunks = [Load(source, (*head, lb.ramp(start + m * lanes if m else start, lanes)))
               for m in range(stride)]
-    return lb.shuffle(chunks, [j * stride for j in range(lanes)])
+    return lb.shuffle(chunks, [j * stride + phase for j in range(lanes)])
 
 
 def _input_index(o: Expr, k: Expr, window: Window, axis: int) -> Expr:
@@ -275,6 +440,14 @@ class MaxBody(PoolBody):
                  indices: Buffer | None = None, flat_axis: int = 0) -> None:
         self.source, self.window = source, window
         self.store, self.indices, self.flat_axis = store, indices, flat_axis
+        if indices is None:
+            self.row_type = value_type(source.dtype)
+
+    def identity(self) -> float | int:
+        return lowest(self.source.dtype)
+
+    def combine(self, acc: Expr, x: Expr) -> Expr:
+        return lb.max_(acc, x)
 
     def start(self, b: lb.KernelBuilder, lanes: int) -> None:
         t = value_type(self.source.dtype).with_lanes(lanes)
@@ -349,6 +522,14 @@ class AvgBody(PoolBody):
         self.window, self.fixed_divisor = window, fixed_divisor
         self.out_dtype, self.store = out_dtype, store
 
+    row_type = f32
+
+    def identity(self) -> float | int:
+        return 0.0
+
+    def combine(self, acc: Expr, x: Expr) -> Expr:
+        return acc + _to_f32(x)
+
     def start(self, b: lb.KernelBuilder, lanes: int) -> None:
         self.total = b.local(as_expr(0.0, f32.with_lanes(lanes)), "total")
 
@@ -376,10 +557,15 @@ class AvgBody(PoolBody):
             start = o * w.stride[axis] - w.pad[axis]
             inside = lb.min_(start + w.kernel[axis], w.size[axis]) - lb.max_(start, 0)
             inside = lb.max_(inside, 0)
-            count = inside if count is None else count * inside
+            count = inside if count is None else _widen(count, inside) * _widen(inside, count)
         if count is None:
             return as_expr(float(known), f32)
         return Cast(count * known, f32, "nearest")
+
+
+def _widen(x: Expr, other: Expr) -> Expr:
+    """``x`` broadcast to ``other``'s lanes if ``other`` is the vector of the two."""
+    return splat(x, other) if other.type.lanes > x.type.lanes else x
 
 
 def _to_f32(x: Expr) -> Expr:

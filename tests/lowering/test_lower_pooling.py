@@ -15,7 +15,7 @@ import pytest
 from lowered import AVX2, check_lowered
 from openvino import opset1, opset8, opset14
 
-from lowering.loop_ir import For, Shuffle
+from lowering.loop_ir import Allocate, For, Shuffle
 from lowering.traversal import walk
 
 pytestmark = pytest.mark.oracle
@@ -82,10 +82,10 @@ def test_pools_1d_and_3d(tmp_path):
                   tmp_path / "3d")
 
 
-def test_wide_rows_vectorized_interior_and_fused_fake_quantize(tmp_path):
-    """Stride 2 over 41 columns: scalar borders around a vectorized interior.  The
-    FakeQuantize after AvgPool runs in the pool's kernel; MaxPool-8's unused indices are not
-    computed."""
+def test_wide_rows_row_scheme_and_fused_fake_quantize(tmp_path):
+    """Stride 2 over 41 columns: each kernel combines its rows into a stack scratch, then
+    reads them with dense vector loads (no bounds test along the row).  The FakeQuantize
+    after AvgPool runs in the pool's kernel; MaxPool-8's unused indices are not computed."""
     x = parameter((1, 3, 9, 41))
     avg = opset1.avg_pool(x, (2, 2), (1, 1), (1, 1), (3, 3), True)
     limits = [opset1.constant(np.float32(v)) for v in (-1.0, 1.0, -1.0, 1.0)]
@@ -95,8 +95,33 @@ def test_wide_rows_vectorized_interior_and_fused_fake_quantize(tmp_path):
     assert len(program.steps) == 2
     kinds = {n.kind.name for s in program.steps for n in walk(s.kernel.body)
              if isinstance(n, For)}
-    assert {"vectorized", "parallel"} <= kinds
+    assert "parallel" in kinds
+    assert all(any(isinstance(n, Allocate) for n in walk(s.kernel.body))
+               for s in program.steps)
     assert len(program.outputs) == 2
+
+
+@pytest.mark.parametrize("target", [None, AVX2], ids=["host", "avx2"])
+def test_u8_stem_max_pool_rows(tmp_path, target):
+    """ResNet's stem pool (3x3, stride 2, pad 1) on u8 rows of 70 (one 64-lane block and an
+    overlapping one on AVX-512) and an odd height; the last-axis taps are shuffles of dense
+    loads of the row scratch."""
+    x = parameter((1, 3, 21, 70), np.uint8)
+    pool = opset1.max_pool(x, (2, 2), (1, 1), (1, 1), (3, 3))
+    values = np.random.default_rng(7).integers(0, 256, (1, 3, 21, 70)).astype(np.uint8)
+    program = check_lowered(model([pool], x), tmp_path, inputs=[values], threads=1,
+                            target=target).program
+    (step,) = program.steps
+    assert any(isinstance(n, Shuffle) for n in walk(step.kernel.body))
+
+
+def test_rows_in_overlapping_chunks(tmp_path):
+    """40 rows of 300 float columns exceed one chunk of scratch: three chunks of 14 rows, the
+    last overlapping the second; exclude-pad AvgPool divides each lane by its own count."""
+    x = parameter((1, 2, 40, 300))
+    max_pool = opset1.max_pool(x, (1, 1), (1, 1), (1, 1), (3, 3))
+    avg_pool = opset1.avg_pool(x, (1, 1), (1, 1), (1, 1), (3, 3), True)
+    check_lowered(model([max_pool, avg_pool], x), tmp_path, threads=2)
 
 
 @pytest.mark.parametrize("target", [None, AVX2], ids=["host", "avx2"])
