@@ -48,6 +48,7 @@ from lowering.codegen_ops import (
     emit_cast,
     emit_compare,
     emit_math,
+    mangle,
     llvm_type,
     storage_type,
 )
@@ -555,6 +556,11 @@ class _FunctionEmitter:
     def reduce(self, e: ReduceLanes) -> ir.Value:
         """Lanes combined in order, left to right (like the numba executor)."""
         vector, bld = self.expr(e.value), self.builder
+        elem = e.type.elem
+        if e.op in ("min", "max") and not elem.is_float:     # order-free: one intrinsic
+            kind = ("s" if elem.is_signed else "u") + e.op
+            return self.ctx.call(f"llvm.vector.reduce.{kind}.{mangle(vector.type)}",
+                                 vector.type.element, vector)
         total = bld.extract_element(vector, ir.Constant(I32, 0))
         table = binary_table(e.type.elem)
         for lane in range(1, e.value.type.lanes):

@@ -60,6 +60,7 @@ from lowering.loop_ir import (
     vectorized,
 )
 from lowering.lower_graph import Epilogue, LoweringContext, kernel_builder, make_kernel
+from lowering.ops.lowp_requantize import emit_fast_requantize, plan_fast_requantize
 from lowering.ops.lowp_tiles import DotStep, emit_dot_tile
 from lowering.ops.nn_conv import ConvGeometry, block_starts
 from lowering.ops.nn_schedules import RegisterTile
@@ -435,25 +436,71 @@ def epilogue_tables(ctx: LoweringContext, node: Node, g: ConvGeometry, weights: 
         classes)
 
 
-def output_value(b: lb.KernelBuilder, tables: EpilogueTables, acc: Expr, channel: Index,
-                 outer_class: Expr, start: Index, lanes: int) -> Expr:
-    """``(f32(acc) * step + f32(wsum_valid) * low) * scale`` for ``lanes`` output pixels of
-    one channel starting at column ``start`` (see the module docstring)."""
-    def per_channel(buffer: Buffer, *index: Index) -> Expr:
-        return lb.broadcast(Load(buffer, index), lanes, f32)
+def per_channel(buffer: Buffer, index: Sequence[Index], lanes: int) -> Expr:
+    """``buffer[index]`` (f32) on every lane."""
+    return lb.broadcast(Load(buffer, tuple(index)), lanes, f32)
 
-    classes = tables.classes
-    zero_point = per_channel(tables.zero_point, outer_class, channel,
-                             classes.common_width_class)
+
+def per_column(table: Buffer, classes: BorderClasses, outer_class: Expr, channel: Index,
+               start: Index, lanes: int) -> Expr:
+    """``table[outer class, channel, width class of the lane's column]`` for ``lanes``
+    columns from ``start``: the common class, replaced on the border columns."""
+    value = per_channel(table, (outer_class, channel, classes.common_width_class), lanes)
     borders = classes.border_columns()
     if borders:
         columns = lb.ramp(start, lanes) if lanes > 1 else as_expr(start)
         for column, width_class in borders:
             here = lb.eq(columns, lb.broadcast(column, lanes))
-            zero_point = Select(here, per_channel(tables.zero_point, outer_class, channel,
-                                                  width_class), zero_point)
-    value = Cast(acc, f32, "nearest") * per_channel(tables.step, channel) + zero_point
-    return value * per_channel(tables.scale, channel)
+            value = Select(here, per_channel(table, (outer_class, channel, width_class),
+                                             lanes), value)
+    return value
+
+
+def output_value(b: lb.KernelBuilder, tables: EpilogueTables, acc: Expr, channel: Index,
+                 outer_class: Expr, start: Index, lanes: int) -> Expr:
+    """``(f32(acc) * step + f32(wsum_valid) * low) * scale`` for ``lanes`` output pixels of
+    one channel starting at column ``start`` (see the module docstring)."""
+    zero_point = per_column(tables.zero_point, tables.classes, outer_class, channel, start,
+                            lanes)
+    value = Cast(acc, f32, "nearest") * per_channel(tables.step, (channel,), lanes) + zero_point
+    return value * per_channel(tables.scale, (channel,), lanes)
+
+
+@attrs.frozen
+class FastTables:
+    """``lowp_requantize.FastRequantize``'s constants as buffers (per channel, or in the
+    zero-point table's ``[outer class, OC, width class]`` layout)."""
+
+    slope: Buffer
+    limit: Buffer
+    offset: Buffer
+    low: Buffer
+    high: Buffer
+
+
+def fast_requantize_tables(ctx: LoweringContext, node: Node, epilogue: Epilogue,
+                           g: ConvGeometry, weights: np.ndarray, tables: EpilogueTables,
+                           lanes: int, by_class: bool = False) -> FastTables | None:
+    """The fast requantizing epilogue's tables (``lowp_requantize``), or ``None``; with
+    ``by_class`` the per-class tables are ``[outer class, width class, OC]``."""
+    from lowering.ops.lowp import max_level
+
+    plan = plan_fast_requantize(epilogue, weights, tables.step.data, tables.scale.data,
+                                tables.zero_point.data, 2 + g.spatial_rank,
+                                max_level(node.inputs[0]), lanes)
+    if plan is None:
+        return None
+    name = node.origin.name
+
+    def table(values: np.ndarray, suffix: str) -> Buffer:
+        if by_class:
+            values = np.ascontiguousarray(values.transpose(0, 2, 1))
+        return ctx.constant(f"{name}_{suffix}", values)
+
+    return FastTables(ctx.constant(name + "_slope", plan.slope),
+                      ctx.constant(name + "_limit", plan.limit),
+                      table(plan.offset, "offset"), table(plan.low, "qlow"),
+                      table(plan.high, "qhigh"))
 
 
 def first_lane(value: Expr) -> Expr:
@@ -473,7 +520,8 @@ def lower_q_conv(ctx: LoweringContext, node: Node, epilogue: Epilogue, g: ConvGe
     outer_extents = g.out_spatial[:-1]
     rows_per_image = math.prod(outer_extents)
     count = g.batch * rows_per_image
-    writer = _QConvWriter(b, g, source, packed, tables, epilogue, step, tile.rows)
+    fast = fast_requantize_tables(ctx, node, epilogue, g, weights, tables, tile.lanes)
+    writer = _QConvWriter(b, g, source, packed, tables, epilogue, step, tile.rows, fast)
     with b.for_range(count, kind=loop_kind(parallel, count), name="row") as t:
         n, *outer = unravel(t, (g.batch, *outer_extents))
         flat = 0 if rows_per_image == 1 else t if g.batch == 1 else t % rows_per_image
@@ -500,6 +548,7 @@ class _QConvWriter:
     epilogue: Epilogue
     step: DotStep
     block_rows: int
+    fast: FastTables | None
 
     def row(self, n: Index, outer: Sequence[Index], outer_class: Expr, group: Index,
             block: Expr, vectors: int, lanes: int) -> None:
@@ -535,13 +584,28 @@ class _QConvWriter:
             first = block_first(block, self.block_rows, g.group_out)
             channel = add(add(mul(group, g.group_out), first), r)
             start = columns.start(v)
-            value = self.b.let(output_value(self.b, self.tables, acc, channel, outer_class,
-                                            start, lanes), "y")
-            if stored == lanes:
-                index = (n, channel, *outer, vector_index(start, lanes))
-                self.epilogue.store(self.b, index, value)
-            else:
-                self.epilogue.store(self.b, (n, channel, *outer, start), first_lane(value))
+
+            def exact() -> None:
+                value = self.b.let(output_value(self.b, self.tables, acc, channel,
+                                                outer_class, start, lanes), "y")
+                if stored == lanes:
+                    index = (n, channel, *outer, vector_index(start, lanes))
+                    self.epilogue.store(self.b, index, value)
+                else:
+                    self.epilogue.store(self.b, (n, channel, *outer, start), first_lane(value))
+
+            if self.fast is None or stored != lanes:
+                exact()
+                return
+            fast, classes = self.fast, self.tables.classes
+            index = (n, channel, *outer, vector_index(start, lanes))
+            emit_fast_requantize(
+                self.b, self.b.let(acc, "acc"), per_channel(fast.slope, (channel,), lanes),
+                per_column(fast.offset, classes, outer_class, channel, start, lanes),
+                per_column(fast.low, classes, outer_class, channel, start, lanes),
+                per_column(fast.high, classes, outer_class, channel, start, lanes),
+                per_channel(fast.limit, (channel,), lanes), exact,
+                lambda q: self.b.store(self.epilogue.output, index, q))
 
         emit_dot_tile(self.b, self.step, self.block_rows, columns.count, lanes, reduction,
                       g.kernel[-1], weights, activations, store, broadcast_is_activation=False)

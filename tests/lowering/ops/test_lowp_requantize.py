@@ -1,0 +1,124 @@
+"""The fast requantizing epilogue (lowering.ops.lowp_requantize): where it is taken it equals
+the reference's level index for every accumulator; convolutions using it stay bit-exact."""
+
+from __future__ import annotations
+
+import functools
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from lowp_graphs import const, graph, origin, parameter
+
+from lowering.fusion import Group
+from lowering.lower_graph import LoweringOptions, lower_graph_to_loops
+from lowering.ops.lowp_conv import BorderClasses, q_conv_geometry, zero_point_table
+from lowering.ops.lowp_requantize import plan_fast_requantize
+from lowering.program_exec import llvm_compiler, run_program
+from lowering.target import Target
+from lpjit import dtypes, reference
+from lpjit.ops import activations as act
+from lpjit.ops import elementwise as elt
+from lpjit.ops import lowp
+from runtime.jit import CPU_FEATURES, CPUCodegen, JitLibrary, TargetSpec
+
+F32 = np.float32
+HOST = Target.host()
+AVX2 = Target("znver3", CPU_FEATURES["znver3"])
+SSE = Target("x86-64", CPU_FEATURES["x86-64"])
+
+
+class TargetJit(CPUCodegen):
+    library_class = JitLibrary
+    _jit = True
+
+
+@functools.cache
+def _jit(cpu: str) -> TargetJit:
+    return TargetJit(TargetSpec.for_cpu(cpu))
+
+
+def compiler_for(target: Target):
+    if target is HOST:
+        return llvm_compiler
+
+    def compile_kernel(kernel):
+        library = _jit(target.cpu).compile_kernels([kernel])
+        return functools.partial(library.get_function(kernel.name), threads=1)
+
+    return compile_kernel
+
+
+def requantized_conv(rng, data_shape, weights, pads, il=0.0, ih=6.0, levels=256):
+    """QConvolution -> bias Add -> Clamp(0, 6) -> Quantize(il, ih) on a u8 parameter."""
+    x = parameter(data_shape, "x", dtypes.u8)
+    out = weights.shape[0] * weights.shape[1]
+    conv = lowp.QConvolution(
+        origin=origin("qconv", "Convolution"),
+        inputs=(x.output, const(weights.astype(np.int8)),
+                const(rng.uniform(0.002, 0.02, out).astype(F32)),
+                const(np.array([rng.uniform(0.01, 0.05)], F32)),
+                const(np.array([rng.uniform(-1.0, 0.0)], F32))),
+        strides=(1, 1), pads_begin=pads, pads_end=pads, dilations=(1, 1))
+    bias = const(rng.uniform(-0.5, 1.5, (1, out, 1, 1)).astype(F32))
+    added = elt.Add(origin=origin("bias", "Add"), inputs=(conv.output, bias))
+    clamp = act.Clamp(origin=origin("relu6", "Clamp"), inputs=(added.output,), min=0.0,
+                      max=6.0)
+    q = lowp.Quantize(origin=origin("q", "Quantize"),
+                      inputs=(clamp.output, const(np.array([il], F32)),
+                              const(np.array([ih], F32))), levels=levels)
+    return conv, (added, clamp, q), x
+
+
+def test_fast_form_is_exact_wherever_it_is_taken():
+    """Every accumulator of every channel: |t - rint t| < limit implies g(acc) == f(acc)."""
+    rng = np.random.default_rng(7)
+    weights = rng.integers(-4, 5, (1, 48, 2, 1, 1))
+    conv, chain, _ = requantized_conv(rng, (1, 2, 4, 4), weights, (0, 0), ih=5.5)
+    epilogue = SimpleNamespace(group=Group(conv, chain, (0, 0, 0)))
+    g = q_conv_geometry(conv)
+    step = np.repeat(np.asarray(conv.inputs[3].node.data, F32), 48)
+    low = np.repeat(np.asarray(conv.inputs[4].node.data, F32), 48)
+    scale = np.asarray(conv.inputs[2].node.data, F32)
+    table = zero_point_table(weights.astype(np.int8), low, BorderClasses.of(g))
+    plan = plan_fast_requantize(epilogue, weights, step, scale, table, 4, 255, 16)
+    assert plan is not None
+    flat = weights.reshape(48, -1)
+    lo, hi = 255 * np.minimum(flat, 0).sum(1), 255 * np.maximum(flat, 0).sum(1)
+    bias = np.asarray(chain[0].inputs[1].node.data, F32).reshape(-1)
+    for oc in range(48):
+        acc = np.arange(lo[oc], hi[oc] + 1)
+        x = (acc.astype(F32) * step[oc] + table[0, oc, 0]) * scale[oc] + bias[oc]
+        expected = lowp_index(np.clip(x, F32(0), F32(6)), 5.5)
+        t = acc.astype(F32) * plan.slope[oc] + plan.offset[0, oc, 0]
+        rounded = np.rint(t)
+        fast = np.clip(rounded, plan.low[0, oc, 0], plan.high[0, oc, 0])
+        taken = np.abs(t - rounded) < plan.limit[oc]
+        np.testing.assert_array_equal(fast[taken], expected[taken], err_msg=f"channel {oc}")
+        assert taken.mean() > 0.99
+
+
+def lowp_index(x: np.ndarray, high: float) -> np.ndarray:
+    from lpjit.reference.lowp import level_index
+    return level_index(x, F32(0), F32(high), 256).astype(F32)
+
+
+@pytest.mark.parametrize("target", [HOST, AVX2, SSE], ids=lambda t: t.cpu)
+@pytest.mark.parametrize("shape, kernel, pads", [((1, 16, 5, 37), 1, (0, 0)),
+                                                 ((1, 8, 6, 19), 3, (1, 1))])
+def test_requantized_convolution_is_bit_exact(target, shape, kernel, pads):
+    """The fast form is planned (width layout) and the u8 output equals the reference's."""
+    rng = np.random.default_rng(11)
+    weights = rng.integers(-128, 128, (1, 40, shape[1], kernel, kernel))
+    _, chain, x = requantized_conv(rng, shape, weights, pads, ih=4.0)
+    g = graph([x], chain[-1].output)
+    program = lower_graph_to_loops(g, LoweringOptions(target=target, threads=1))
+    if kernel == 1 or target is HOST:     # the width layout (the channel one: exact chain)
+        assert any("qconv_limit" in repr(s.kernel) for s in program.steps)
+    data = rng.integers(0, 256, shape).astype(np.uint8)
+    expected = np.asarray(reference.run(g, [data])[0])
+    for name, run in (("LLVM", compiler_for(target)), ("numba", None)):
+        if run is None and target is not HOST:
+            continue
+        actual = run_program(program, [data], run) if run else run_program(program, [data])
+        np.testing.assert_array_equal(actual[0], expected, err_msg=f"{name} {target.cpu}")
