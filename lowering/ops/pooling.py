@@ -1,7 +1,14 @@
 """MaxPool-1/8/14 and AvgPool-1/14 lowered to loops.
 
-Loop nest: ``n``, ``c``, the outer spatial output axes (the first loop of them longer than
-one iteration is ``parallel``), then the innermost output axis split into ranges: a left
+Row scheme (``_lower_rows``; MaxPool without indices and AvgPool, last-axis stride 1 or 2):
+per ``n``, ``c`` and chunk of output rows, pass 1 combines each output row's taps along the
+outer axes into a row on the stack, padded with the identity (the lowest value, or 0), and
+pass 2 combines each output's last-axis taps from that row as vector blocks of dense loads
+(and a shuffle keeping every other lane for stride 2) with no bounds test at all.
+
+Per-tap scheme (the others): loop nest ``n``, ``c``, the outer spatial output axes (the first
+loop of them longer than one iteration is ``parallel``), then the innermost output axis split
+into ranges: a left
 border, an *interior* where every window tap lies inside the input along that axis, and a
 right border.  The interior needs no bounds test along the axis; with stride 2 it runs as
 blocks of one vector of outputs, each tap two dense loads and a shuffle keeping every other
@@ -189,7 +196,7 @@ def _row_length(window: Window, body: PoolBody) -> int:
     """The padded row length of the row scheme, 0 when the pool takes the per-tap scheme
     (a body without one, last-axis stride above 2, a kernel or a row too long)."""
     k, s, d = window.kernel[-1], window.stride[-1], window.dilation[-1]
-    if body.row_type is None or s > 2 or k > MAX_ROW_TAPS:
+    if body.row_type is None or s > 2 or k > MAX_ROW_TAPS or 0 in window.out + window.size:
         return 0
     # Reads of the last block (``_combine_row``) end at out*s + ((k-1)*d // s)*s.
     length = max(window.pad[-1] + window.size[-1], window.out[-1] * s + (k - 1) * d // s * s)
