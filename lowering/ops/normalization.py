@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from lowering import builder as lb
-from lowering.loop_ir import Expr, as_expr, f32
+from lowering.loop_ir import Buffer, Expr, IntImm, as_expr, f32
 from lowering.lower_graph import (
     Epilogue,
     LoweringContext,
@@ -21,7 +21,16 @@ from lowering.lower_graph import (
     lowering,
     make_kernel,
 )
-from lowering.ops.reductions import Frame, output_loops, reduction_frames, splat
+from lowering.ops.reductions import (
+    Frame,
+    Term,
+    combine,
+    horizontal,
+    identity,
+    output_loops,
+    reduction_frames,
+    splat,
+)
 from lowering.vector_math import exp_nonpositive
 from lpjit.graph import constant_value
 from lpjit.ops import activations as act
@@ -46,23 +55,71 @@ def _frame_kernel(ctx: LoweringContext, node, axes, body) -> list:
 
 @lowering(act.SoftmaxV1, act.SoftmaxV8)
 def lower_softmax(ctx: LoweringContext, node: act.AxisActivation, epilogue: Epilogue) -> list:
-    """``exp(x - max) / sum(exp(x - max))``: a max pass, a sum pass, a store pass."""
+    """``exp(x - max) * (1 / sum(exp(x - max)))``: a max pass, a sum pass, a store pass.
+
+    The reciprocal of the sum is taken once per group (an ulp from the reference's
+    division).  Along the innermost axis the passes use vector accumulators combined by a
+    tree of lane halves (``_row_reduce``)."""
 
     # The exponentials are kept in the output buffer between the passes when it holds f32.
     keep = epilogue.output if epilogue.output.dtype == f32 else None
 
     def body(b: lb.KernelBuilder, frame: Frame) -> None:
-        peak = b.let(frame.reduce("max"), "peak")
-        total = b.let(frame.reduce("add", lambda x: exp_nonpositive(x - splat(peak, x)), keep),
-                      "total")
+        def exp_shifted(x: Expr) -> Expr:
+            return exp_nonpositive(x - splat(peak, x))
+
+        peak = b.let(_row_reduce(frame, "max"), "peak")
+        total = _row_reduce(frame, "add", exp_shifted, keep)
+        scale = b.let(as_expr(1.0, f32) / total, "scale")
         with frame.map() as index:
             if keep is not None:
                 e = keep[tuple(index)]
             else:
                 e = exp_nonpositive(frame.source[tuple(index)] - peak)
-            epilogue.store(b, index, e / total)
+            epilogue.store(b, index, e * splat(scale, e))
 
     return _frame_kernel(ctx, node, (node.normalized_axis,), body)
+
+
+def _row_reduce(frame: Frame, op: str, term: Term = lambda x: x,
+                keep: Buffer | None = None) -> Expr:
+    """``frame.reduce(op, term, keep)``; when the one reduced axis is the innermost and holds
+    a vector or more, a vector accumulator over it, a scalar tail, and the accumulator's
+    lanes combined pairwise (``_tree``: log2(lanes) steps instead of a serial chain)."""
+    rank = len(frame.fixed)
+    length = frame.source.shape[-1]
+    lanes = frame.lanes
+    if frame.axes != (rank - 1,) or lanes < 2 or length < lanes:
+        return frame.reduce(op, term, keep)
+    b = frame.b
+    head = frame.indices({rank - 1: IntImm(0)})[:-1]
+    vacc = b.local(identity(op, f32.with_lanes(lanes)), "vacc")
+    acc = b.local(identity(op, f32), "acc")
+    full, tail = divmod(length, lanes)
+
+    def step(accumulator: Expr, index: tuple[Expr, ...]) -> None:
+        value = term(frame.source[index])
+        if keep is not None:
+            value = b.let(value, "kept")
+            b.store(keep, index, value)
+        b.assign(accumulator, combine(op, accumulator, value))
+
+    with b.for_range(full, name="v") as v:
+        step(vacc, (*head, lb.ramp(v * lanes, lanes)))
+    if tail:
+        with b.for_range(tail, name="t") as t:
+            step(acc, (*head, t + full * lanes))
+    return combine(op, _tree(op, vacc), acc)
+
+
+def _tree(op: str, vector: Expr) -> Expr:
+    """The lanes of ``vector`` combined by ``op``: halves, then quarters, ... (reassociated:
+    a few ulp for sums, exact for max)."""
+    while vector.type.lanes > 2:
+        half = vector.type.lanes // 2
+        vector = combine(op, lb.shuffle(vector, range(half)),
+                         lb.shuffle(vector, range(half, 2 * half)))
+    return horizontal(op, vector)
 
 
 @lowering(act.LogSoftmax)
