@@ -101,9 +101,7 @@ def lower_q_convolution(ctx: LoweringContext, node: lowp.QConvolution,
         dot = choose_dot_step(ctx.target,
                               lambda: depthwise_weight_pairs(weights, DOT_GROUPS["quad"]),
                               activations)
-        tile = integer_tile(ctx.target, dot, g.out_spatial[0], g.out_spatial[1], max_rows=4)
-        return [lower_q_depthwise(ctx, node, epilogue, g, weights, tables, dot, tile,
-                                  parallel)]
+        return [lower_q_depthwise(ctx, node, epilogue, g, weights, tables, dot, parallel)]
     dot = choose_dot_step(ctx.target, lambda: conv_weight_pairs(weights, DOT_GROUPS["quad"]),
                           activations)
     layout, tile = q_conv_schedule(ctx.target, dot, g)

@@ -3,21 +3,22 @@ group, 2-D), exact in i32.
 
 Per (n, c), PARALLEL:
 
-1. the channel's plane is copied into the zero-padded, phase-split scratch
-   ``P[N, C, 1, Hp, s_w, Wq]`` (``lowp_conv``'s blocked copy, a group of one channel);
-2. with a dot step of group ``g > 1`` (VNNI quads, AVX2 pairs), the plane is re-laid out with
-   ``g`` consecutive *kernel-width taps* next to each other:
-   ``T[n, c, h, tg, ow*g + t] = P[.., h, tap's phase, ow + tap's offset]`` for
-   ``tap = tg*g + t < KW`` (zero past the kernel: its weights are zero too).  One dense load
-   of ``g * lanes`` bytes then holds ``g`` taps of ``lanes`` output pixels, and one dot step
-   (``vpdpbusd``, ``vpmaddwd``) multiplies them by the channel's ``g`` weights: ``KH *
-   ceil(KW/g)`` steps per output vector (3 for a 3x3 kernel with VNNI);
-3. tiles of ``rows`` output rows x ``vectors`` vectors along the width accumulate over the
-   taps (unrolled loops).  Without a dot step (no AVX2: group 1) they read ``P`` directly and
-   multiply-add values widened to i32.
-
-The epilogue is ``lowp_conv.output_value``: the same f32 formula with the exact
-per-border-class zero-point table, per-channel step and low included.
+1. the channel's plane is copied into the zero-padded scratch plane ``P[N, C, 1, Hp, 1, Wp]``
+   (``lowp_conv``'s blocked copy of a stride-1 geometry: no phase split), its rows wide
+   enough for every window load of step 2, so that no tap needs a bounds check;
+2. tiles of ``rows`` output rows x a fixed set of vectors along the width (``width_vectors``:
+   compile-time starts, the last one narrower or shifted back) accumulate in i32 registers.
+   Each input row a tile reads is loaded once per vector, as one dense *window* of the bytes
+   its taps read, and shuffled in registers into the dot step's group-interleaved layout
+   (lane ``j``, element ``t`` of tap group ``tg``: ``P[row, (start + j) * s + (tg*g + t) *
+   d]``; an element past the kernel width repeats a byte of the window: its weight is zero).
+   The shuffled vector feeds every output row of the tile that uses that input row (``KH``
+   rows with stride 1), so a 3x3 kernel costs per output vector ``KH * ceil(KW/g)`` dot
+   steps (3 ``vpdpbusd`` with VNNI) and ``(rows + 2) / rows`` loads and byte shuffles
+   (``vpermb``);
+3. the epilogue is ``lowp_conv.output_value`` (the exact per-border-class zero-point table,
+   per-channel step and low) and the fused chain; the vectors' starts being constants, the
+   width border classes resolve at compile time (interior vectors select nothing).
 """
 
 from __future__ import annotations
@@ -26,36 +27,17 @@ import attrs
 import numpy as np
 
 from lowering import builder as lb
-from lowering.loop_ir import UNROLLED, Buffer, Expr, Kernel, Load, i32, u8
+from lowering.loop_ir import UNROLLED, Buffer, Expr, Kernel, Load, Var, i32, u8
 from lowering.lower_graph import Epilogue, LoweringContext, kernel_builder, make_kernel
-from lowering.ops.lowp_conv import (
-    BlockedCopy,
-    BlockedInput,
-    EpilogueTables,
-    blocked_buffer,
-    first_lane,
-    interleave,
-    output_value,
-)
+from lowering.ops.lowp_conv import BlockedCopy, EpilogueTables, first_lane, output_value
 from lowering.ops.lowp_tiles import DotStep, replicate
 from lowering.ops.nn_conv import ConvGeometry
-from lowering.ops.nn_schedules import RegisterTile
-from lowering.ops.nn_tiles import (
-    TileColumns,
-    add,
-    cover_axis,
-    loop_kind,
-    mul,
-    unravel,
-    vector_index,
-)
+from lowering.ops.nn_tiles import add, loop_kind, mul, unravel
 from lpjit.graph import Node
 
 Index = Expr | int
-
-
-def tap_groups(g: ConvGeometry, group: int) -> int:
-    return -(-g.kernel[-1] // group)
+MAX_WINDOW = 64          # bytes of one window load (one zmm)
+MAX_ROWS = 8
 
 
 def pack_depthwise_weights(weights: np.ndarray, group: int) -> np.ndarray:
@@ -73,68 +55,118 @@ def depthwise_weight_pairs(weights: np.ndarray, group: int) -> np.ndarray:
     return packed.reshape(packed.shape[0], -1, 2)
 
 
+@attrs.frozen
+class ColumnVector:
+    """Output columns ``start .. start+lanes-1`` of a row (``stored`` of them written)."""
+
+    start: int
+    lanes: int
+    stored: int
+
+
+def width_vectors(width: int, lanes: int) -> list[ColumnVector]:
+    """Vectors covering ``[0, width)``: full vectors of ``lanes`` (halved while wider than the
+    row), then the rest as one narrower power-of-two vector, or a full one shifted back to end
+    at ``width``; a one-column row is computed on two lanes and stores the first."""
+    if width == 1:
+        return [ColumnVector(0, 2, 1)]
+    while lanes > width:
+        lanes //= 2
+    full, rest = divmod(width, lanes)
+    vectors = [ColumnVector(j * lanes, lanes, lanes) for j in range(full)]
+    if rest and rest & (rest - 1) == 0 and rest > 1:
+        vectors.append(ColumnVector(full * lanes, rest, rest))
+    elif rest:
+        vectors.append(ColumnVector(width - lanes, lanes, lanes))
+    return vectors
+
+
+def _window_bytes(g: ConvGeometry, lanes: int) -> int:
+    """Bytes of the power-of-two window load of ``lanes`` output pixels (all taps)."""
+    reach = (lanes - 1) * g.strides[-1] + (g.kernel[-1] - 1) * g.dilations[-1] + 1
+    return 1 << (reach - 1).bit_length()
+
+
+def _vector_lanes(g: ConvGeometry, lanes: int) -> int:
+    """The widest vector (at most ``lanes``) whose window fits ``MAX_WINDOW`` bytes."""
+    while lanes > 2 and _window_bytes(g, lanes) > MAX_WINDOW:
+        lanes //= 2
+    return lanes
+
+
+@attrs.frozen
+class DepthwisePlan:
+    """The vectors of an output row, split into column chunks of ``vectors`` accumulators per
+    row, and the rows of a tile (the register budget: ``rows * chunk <= accumulators``)."""
+
+    columns: tuple[ColumnVector, ...]
+    chunk: int
+    rows: int
+
+    @classmethod
+    def of(cls, g: ConvGeometry, lanes: int, registers: int, weight_vectors: int
+           ) -> DepthwisePlan:
+        columns = tuple(width_vectors(g.out_spatial[-1], _vector_lanes(g, lanes)))
+        accumulators = max(2, registers - weight_vectors - 2)
+        chunk = min(len(columns), accumulators)
+        rows = max(1, min(MAX_ROWS, g.out_spatial[0], accumulators // chunk))
+        return cls(columns, chunk, rows)
+
+    def chunks(self) -> list[tuple[ColumnVector, ...]]:
+        return [self.columns[i:i + self.chunk] for i in range(0, len(self.columns), self.chunk)]
+
+    def plane_width(self, g: ConvGeometry) -> int:
+        """Columns of ``P``: the padded row, or more where a window load reaches past it."""
+        padded = g.in_spatial[-1] + g.pads_begin[-1] + g.pads_end[-1]
+        reach = max(v.start * g.strides[-1] + _window_bytes(g, v.lanes) for v in self.columns)
+        return max(padded, reach)
+
+
 def lower_q_depthwise(ctx: LoweringContext, node: Node, epilogue: Epilogue, g: ConvGeometry,
                       weights: np.ndarray, tables: EpilogueTables, step: DotStep,
-                      tile: RegisterTile, parallel: bool) -> Kernel:
+                      parallel: bool) -> Kernel:
     """The integer depthwise kernel (see the module docstring)."""
     group = step.group
-    packed = ctx.constant(node.origin.name + "_weights", pack_depthwise_weights(weights, group))
+    packed = pack_depthwise_weights(weights, group)
+    constant = ctx.constant(node.origin.name + "_weights", packed)
+    registers = 32 if ctx.target.has_avx512 else 16
+    plan = DepthwisePlan.of(g, ctx.lanes, registers, packed.shape[1] * packed.shape[2])
     b = kernel_builder(ctx, node)
-    p = blocked_buffer(ctx, node, g, 1)
+    outer = g.in_spatial[0] + g.pads_begin[0] + g.pads_end[0]
+    p = Buffer(ctx.name(node.origin.name + "_padded"), u8,
+               (g.batch, g.channels, 1, outer, 1, plan.plane_width(g)), role="scratch",
+               alignment=64)
+    flat = attrs.evolve(g, strides=(g.strides[0], 1))
     byte_lanes = 4 * ctx.lanes
-    copier = BlockedCopy(b, g, ctx.buffer(node.inputs[0]), p, 1, byte_lanes, byte_lanes)
-    plane = BlockedInput(p, 1, g.strides[-1], g.dilations[-1])
-    taps = None
-    if group > 1:
-        width = max(g.out_spatial[-1], 2)
-        taps = Buffer(ctx.name(node.origin.name + "_taps"), u8,
-                      (g.batch, g.channels, p.shape[3], tap_groups(g, group), width * group),
-                      role="scratch", alignment=64)
+    copier = BlockedCopy(b, flat, ctx.buffer(node.inputs[0]), p, 1, byte_lanes, byte_lanes)
     count = g.batch * g.channels
     with b.for_range(count, kind=loop_kind(parallel, count), name="nc") as t:
         n, c = unravel(t, (g.batch, g.channels))
         copier.dims((n, c, 0))
-        if taps is not None:
-            _emit_tap_layout(b, g, plane, taps, n, c, group, max(2, byte_lanes // group))
-        writer = _DepthwiseWriter(b, g, plane, taps, step, tables, packed, epilogue, n, c)
+        writer = _DepthwiseWriter(b, g, p, step, tables, epilogue, n, c,
+                                  _weight_vectors(b, constant, c, plan, group))
         out_h = g.out_spatial[0]
-        full = out_h // tile.rows
+        full = out_h // plan.rows
         if full:
             with b.for_range(full, name="oh") as block:
-                writer.rows(block * tile.rows, tile.rows, tile.vectors, tile.lanes)
-        if out_h % tile.rows:
-            writer.rows(full * tile.rows, out_h % tile.rows, tile.vectors, tile.lanes)
+                writer.rows(block * plan.rows, plan.rows, plan)
+        if out_h % plan.rows:
+            writer.rows(full * plan.rows, out_h % plan.rows, plan)
     return make_kernel(b)
 
 
-def _emit_tap_layout(b: lb.KernelBuilder, g: ConvGeometry, plane: BlockedInput, taps: Buffer,
-                     n: Index, c: Index, group: int, lanes: int) -> None:
-    """``T[n, c, h, tg, ow*g + t]`` from the padded plane (see the module docstring), a
-    power-of-two vector of pixels at a time (the last one shifted back): odd widths such as 7
-    or 14 would make odd-sized byte shuffles that LLVM scalarizes."""
-    kernel_width = g.kernel[-1]
-    width = taps.shape[-1] // group
-    lanes = 1 << (min(lanes, width).bit_length() - 1)
-
-    def step(h: Expr, tg: int, start: Index, count: int) -> None:
-        parts = []
-        for t in range(group):
-            tap = tg * group + t
-            if tap < kernel_width:
-                parts.append(plane.vector((n, c, 0), (h,), start, tap, count))
-            else:
-                parts.append(lb.broadcast(0, count, u8))
-        index = vector_index(mul(start, group), group * count)
-        b.store(taps, (n, c, h, tg, index), interleave(parts, count))
-
-    with b.for_range(taps.shape[2], name="h") as h:
-        for tg in range(taps.shape[3]):
-            full = width // lanes
-            if full:
-                with b.for_range(full, name="j") as j:
-                    step(h, tg, j * lanes, lanes)
-            if width % lanes:
-                step(h, tg, width - lanes, lanes)
+def _weight_vectors(b: lb.KernelBuilder, packed: Buffer, c: Index, plan: DepthwisePlan,
+                    group: int) -> dict[tuple[int, int, int], Var]:
+    """The channel's weights of each ``(kh, tap group)`` replicated over each vector width."""
+    _, kernel_h, tap_groups, _ = packed.shape
+    weights = {}
+    for lanes in sorted({v.lanes for v in plan.columns}):
+        for kh in range(kernel_h):
+            for tg in range(tap_groups):
+                last = 0 if group == 1 else lb.ramp(0, group)
+                value = replicate(Load(packed, (c, kh, tg, last)), lanes, group)
+                weights[kh, tg, lanes] = b.let(value, "w")
+    return weights
 
 
 @attrs.frozen
@@ -143,75 +175,82 @@ class _DepthwiseWriter:
 
     b: lb.KernelBuilder
     g: ConvGeometry
-    plane: BlockedInput
-    taps: Buffer | None
+    plane: Buffer
     step: DotStep
     tables: EpilogueTables
-    weights: Buffer
     epilogue: Epilogue
     n: Index
     c: Index
+    weights: dict[tuple[int, int, int], Var]
 
-    def rows(self, first: Index, rows: int, vectors: int, lanes: int) -> None:
-        width = self.g.out_spatial[-1]
-        if width == 1:
-            self.tile(first, rows, TileColumns(0, 1, 2), 1)
-            return
-        cover = cover_axis(width, lanes, vectors)
-        if cover.full_tiles:
-            with self.b.for_range(cover.full_tiles, name="wt") as wt:
-                self.tile(first, rows, cover.full_tile(wt), lanes)
-        if cover.remainder_count:
-            tile = cover.remainder_tile()
-            self.tile(first, rows, tile, tile.lanes)
+    def rows(self, first: Index, rows: int, plan: DepthwisePlan) -> None:
+        for chunk in plan.chunks():
+            self.tile(first, rows, chunk)
 
-    def activations(self, row: Index, tg: Expr, start: Index, lanes: int) -> Expr:
-        """``g`` taps of ``lanes`` output pixels (the tap group ``tg``; with group 1, the
-        tap ``tg`` itself from the padded plane)."""
-        if self.taps is None:
-            return self.plane.vector((self.n, self.c, 0), (row,), start, tg, lanes)
-        group = self.step.group
-        index = vector_index(mul(start, group), group * lanes)
-        return Load(self.taps, (self.n, self.c, row, tg, index))
+    def taps(self, window: Expr, vector: ColumnVector, tg: int) -> Expr:
+        """Tap group ``tg`` of the vector's pixels in the step's group-interleaved layout."""
+        g, group = self.g, self.step.group
+        (_, sw), (_, dw) = self.g.strides, self.g.dilations
+        indices = []
+        for j in range(vector.lanes):
+            for t in range(group):
+                kw = tg * group + t
+                indices.append(j * sw + (kw * dw if kw < g.kernel[-1] else 0))
+        return lb.shuffle(window, indices)
 
-    def tile(self, first: Index, rows: int, columns: TileColumns, stored: int) -> None:
-        """``rows x columns.count`` i32 accumulators over the unrolled taps, then the
-        epilogue of each."""
-        b, g, group = self.b, self.g, self.step.group
-        (sh, _), (dh, _) = g.strides, g.dilations
-        lanes = columns.lanes
-        acc = b.allocate("acc", i32, (rows, columns.count * lanes))
+    def tile(self, first: Index, rows: int, chunk: tuple[ColumnVector, ...]) -> None:
+        """``rows x len(chunk)`` i32 accumulators over the taps, then the epilogue of each."""
+        b, g = self.b, self.g
+        (sh, sw), (dh, _) = g.strides, g.dilations
+        kernel_h = g.kernel[0]
+        tap_groups = -(-g.kernel[-1] // self.step.group)
+        offsets = [sum(v.lanes for v in chunk[:k]) for k in range(len(chunk))]
+        acc = b.allocate("acc", i32, (rows, sum(v.lanes for v in chunk)))
 
-        def at(i: Expr, v: Expr) -> tuple[Expr, Expr]:
-            return (i, vector_index(v * lanes, lanes))
+        def at(r: Index, k: int) -> tuple[Index, Expr]:
+            return (r, lb.ramp(offsets[k], chunk[k].lanes))
 
-        with b.for_range(rows, kind=UNROLLED, name="r") as i, \
-                b.for_range(columns.count, kind=UNROLLED, name="v") as v:
-            b.store(acc, at(i, v), lb.broadcast(0, lanes, i32))
-        with b.for_range(g.kernel[0], kind=UNROLLED, name="kh") as kh, \
-                b.for_range(self.weights.shape[2], kind=UNROLLED, name="tg") as tg:
-            last = 0 if group == 1 else lb.ramp(0, group)
-            weight = b.let(replicate(Load(self.weights, (self.c, kh, tg, last)), lanes, group),
-                           "w")
-            with b.for_range(rows, kind=UNROLLED, name="r") as i, \
-                    b.for_range(columns.count, kind=UNROLLED, name="v") as v:
-                row = add(mul(add(first, i), sh), kh * dh)
-                x = self.activations(row, tg, columns.start(v), lanes)
-                b.store(acc, at(i, v), self.step.apply(acc[at(i, v)], x, weight))
+        for r in range(rows):
+            for k, vector in enumerate(chunk):
+                b.store(acc, at(r, k), lb.broadcast(0, vector.lanes, i32))
+        span = (rows - 1) * sh + (kernel_h - 1) * dh + 1
+        for offset in range(span):
+            users = [(r, kh) for r in range(rows) for kh in range(kernel_h)
+                     if r * sh + kh * dh == offset]
+            row = add(mul(first, sh), offset)
+            for k, vector in enumerate(chunk):
+                if not users:
+                    continue
+                window = Load(self.plane, (self.n, self.c, 0, row, 0, lb.ramp(
+                    vector.start * sw, _window_bytes(g, vector.lanes))))
+                for tg in range(tap_groups):
+                    with _scope(b):
+                        x = b.let(self.taps(window, vector, tg), "x")
+                        for r, kh in users:
+                            weight = self.weights[kh, tg, vector.lanes]
+                            b.store(acc, at(r, k), self.step.apply(acc[at(r, k)], x, weight))
         last_class = len(self.tables.classes.outer) - 1
-        with b.for_range(rows, kind=UNROLLED, name="r") as i:
-            oh = add(first, i)
+        with b.for_range(rows, kind=UNROLLED, name="r") as r:
+            oh = add(first, r)
             outer_class = b.let(lb.min_(lb.max_(Load(self.tables.outer_class, (oh,)), 0),
                                         last_class), "oc")
-            with b.for_range(columns.count, kind=UNROLLED, name="v") as v:
-                start = columns.start(v)
-                value = b.let(output_value(b, self.tables, acc[at(i, v)], self.c, outer_class,
-                                           start, lanes), "y")
-                if stored == lanes:
-                    self.epilogue.store(b, (self.n, self.c, oh, vector_index(start, lanes)),
-                                        value)
-                else:
-                    self.epilogue.store(b, (self.n, self.c, oh, start), first_lane(value))
+            for k, vector in enumerate(chunk):
+                with _scope(b):
+                    value = b.let(output_value(b, self.tables, acc[at(r, k)], self.c,
+                                               outer_class, vector.start, vector.lanes), "y")
+                    if vector.stored == vector.lanes:
+                        self.epilogue.store(b, (self.n, self.c, oh,
+                                                lb.ramp(vector.start, vector.lanes)), value)
+                    else:
+                        self.epilogue.store(b, (self.n, self.c, oh, vector.start),
+                                            first_lane(value))
 
 
-__all__ = ["depthwise_weight_pairs", "lower_q_depthwise", "pack_depthwise_weights"]
+def _scope(b: lb.KernelBuilder):
+    """A block of its own (a one-iteration unrolled loop) for ``let`` bindings that are used
+    only inside it: unrolled tiles would otherwise nest hundreds of them."""
+    return b.for_range(1, kind=UNROLLED, name="s")
+
+
+__all__ = ["ColumnVector", "DepthwisePlan", "depthwise_weight_pairs", "lower_q_depthwise",
+           "pack_depthwise_weights", "width_vectors"]

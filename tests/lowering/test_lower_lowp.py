@@ -35,6 +35,7 @@ from lowering.lower_graph import LoweringOptions, lower_graph_to_loops
 from lowering.microkernels import DotI8Pairs, DotU8I8Quad, DotU8I8Saturating, Microkernel
 from lowering.ops.lowp import integer_kernels, max_level, q_conv_schedule
 from lowering.ops.lowp_conv import BorderClasses, pack_q_conv_weights, q_conv_geometry
+from lowering.ops.lowp_depthwise import width_vectors
 from lowering.ops.lowp_tiles import DotStep, choose_dot_step, integer_tile, saturation_proof
 from lowering.program import Program
 from lowering.program_exec import llvm_compiler, run_program
@@ -555,3 +556,29 @@ def test_q_depthwise_odd_output_widths(target, width, strides):
     data, weights = (1, 3, 5, width), (3, 1, 1, 3, 3)
     check(*conv_graph(data, weights, (1, 1), (1, 1), strides=strides, per_channel=True),
           target, numba=False)
+
+
+@pytest.mark.parametrize("target", [HOST, AVX2, SSE], ids=lambda t: t.cpu)
+@pytest.mark.parametrize("data, weights, begin, end, extra", [
+    ((1, 2, 4, 58), (2, 1, 1, 3, 3), (1, 1), (1, 1), {}),                  # 16+16+16+8 lanes
+    ((1, 3, 6, 45), (3, 1, 1, 3, 3), (0, 1), (1, 0), {"strides": (2, 2)}),  # shifted-back last
+    ((1, 2, 9, 11), (2, 1, 1, 5, 5), (2, 3), (1, 2), {"dilations": (2, 1)}),  # two tap groups
+    ((1, 3, 5, 3), (3, 1, 1, 3, 3), (1, 0), (1, 0), {}),                    # one output column
+], ids=["wide", "stride2_shifted", "5x5_dilated", "one_column"])
+def test_q_depthwise_row_vectors(target, data, weights, begin, end, extra):
+    """Depthwise rows covered by fixed vectors (full, a narrower power of two or a full one
+    shifted back, two lanes for one column), windows shuffled into the dot step's layout;
+    bit-exact against the reference, borders included."""
+    check(*conv_graph(data, weights, begin, end, per_channel=True, **extra), target,
+          numba=target is HOST)
+
+
+def test_depthwise_width_vectors():
+    """Vectors of a row: full ones, then a narrower power of two or a full one shifted back."""
+    def spans(width, lanes):
+        return [(v.start, v.lanes, v.stored) for v in width_vectors(width, lanes)]
+
+    assert spans(56, 16) == [(0, 16, 16), (16, 16, 16), (32, 16, 16), (48, 8, 8)]
+    assert spans(28, 16) == [(0, 16, 16), (12, 16, 16)]
+    assert spans(7, 16) == [(0, 4, 4), (3, 4, 4)]
+    assert spans(1, 16) == [(0, 2, 1)]
