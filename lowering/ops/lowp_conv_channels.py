@@ -32,11 +32,14 @@ from lowering.lower_graph import Epilogue, LoweringContext, kernel_builder, make
 from lowering.ops.lowp_conv import (
     BlockedInput,
     EpilogueTables,
+    FastTables,
     blocked_buffer,
     emit_blocked_copy,
+    fast_requantize_tables,
     first_lane,
     padded_channels,
 )
+from lowering.ops.lowp_requantize import emit_fast_requantize
 from lowering.ops.lowp_matmul import column_cover, panel_columns, remainder_columns
 from lowering.ops.lowp_tiles import DotStep, emit_dot_tile
 from lowering.ops.nn_conv import ConvGeometry
@@ -94,8 +97,10 @@ def lower_q_conv_by_channels(ctx: LoweringContext, node: Node, epilogue: Epilogu
     b = kernel_builder(ctx, node)
     p = blocked_buffer(ctx, node, g, step.group)
     source = emit_blocked_copy(b, ctx, g, ctx.buffer(node.inputs[0]), p, step.group, parallel)
+    fast = fast_requantize_tables(ctx, node, epilogue, g, weights, tables, tile.lanes,
+                                  by_class=True)
     writer = _ChannelWriter(b, g, source, packed, tables, zero_point, width_class, epilogue,
-                            step, tile.rows)
+                            step, tile.rows, fast)
     pixels = math.prod(g.out_spatial)
     blocks = -(-pixels // tile.rows)
     if cover.full_tiles:
@@ -129,6 +134,7 @@ class _ChannelWriter:
     epilogue: Epilogue
     step: DotStep
     rows: int
+    fast: FastTables | None
 
     def tile(self, group: Index, panel: Index, n: Index, block: Index, columns: TileColumns,
              stored: int) -> None:
@@ -155,20 +161,34 @@ class _ChannelWriter:
         def store(r: Expr, v: Expr, acc: Expr) -> None:
             *outer, ow = pixel(r)
             channel = add(mul(group, g.group_out), columns.start(v))
-            value = self.b.let(self.value(acc, outer, ow, channel, lanes), "y")
-            if stored == lanes:
-                index = (n, vector_index(channel, lanes), *outer, ow)
-                self.epilogue.store(self.b, index, value)
-            else:
-                self.epilogue.store(self.b, (n, channel, *outer, ow), first_lane(value))
+
+            def exact() -> None:
+                value = self.b.let(self.value(acc, outer, ow, channel, lanes), "y")
+                if stored == lanes:
+                    index = (n, vector_index(channel, lanes), *outer, ow)
+                    self.epilogue.store(self.b, index, value)
+                else:
+                    self.epilogue.store(self.b, (n, channel, *outer, ow), first_lane(value))
+
+            if self.fast is None or stored != lanes:
+                exact()
+                return
+            fast, channels = self.fast, vector_index(channel, lanes)
+            outer_class, width = self.pixel_classes(outer, ow)
+            index = (n, channels, *outer, ow)
+            emit_fast_requantize(
+                self.b, self.b.let(acc, "acc"), Load(fast.slope, (channels,)),
+                Load(fast.offset, (outer_class, width, channels)),
+                Load(fast.low, (outer_class, width, channels)),
+                Load(fast.high, (outer_class, width, channels)),
+                Load(fast.limit, (channels,)), exact,
+                lambda q: self.b.store(self.epilogue.output, index, q))
 
         emit_dot_tile(self.b, self.step, self.rows, columns.count, lanes, reduction,
                       g.kernel[-1], activations, weights, store, broadcast_is_activation=True)
 
-    def value(self, acc: Expr, outer: Sequence[Index], ow: Index, channel: Index,
-              lanes: int) -> Expr:
-        """``(f32(acc) * step + f32(wsum_valid) * low) * scale`` for ``lanes`` channels of
-        one pixel (``lowp_conv.output_value`` with the roles of the axes swapped)."""
+    def pixel_classes(self, outer: Sequence[Index], ow: Index) -> tuple[Expr, Expr]:
+        """The outer and width border classes of an output pixel."""
         classes = self.tables.classes
         flat: Index = 0
         for o, extent in zip(outer, self.g.out_spatial[:-1]):
@@ -176,6 +196,13 @@ class _ChannelWriter:
         outer_class = lb.min_(lb.max_(Load(self.tables.outer_class, (flat,)), 0),
                               len(classes.outer) - 1)
         width = lb.min_(lb.max_(Load(self.width_class, (ow,)), 0), len(classes.width) - 1)
+        return outer_class, width
+
+    def value(self, acc: Expr, outer: Sequence[Index], ow: Index, channel: Index,
+              lanes: int) -> Expr:
+        """``(f32(acc) * step + f32(wsum_valid) * low) * scale`` for ``lanes`` channels of
+        one pixel (``lowp_conv.output_value`` with the roles of the axes swapped)."""
+        outer_class, width = self.pixel_classes(outer, ow)
         channels = vector_index(channel, lanes)
         zero_point = Load(self.zero_point, (outer_class, width, channels))
         value = (Cast(acc, f32, "nearest") * Load(self.tables.step, (channels,))
