@@ -10,13 +10,16 @@ NaN, on both executors.
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
+import pytest
 
 from lowering.builder import KernelBuilder
 from lowering.loop_ir import f32, vectorized
 from lowering.program_exec import llvm_compiler, numba_compiler
 from lowering.vector_math import erfc_scaled, exp_nonpositive, gelu_erf
+from runtime.jit import CPUCodegen, TargetSpec
 
 RNG = np.random.default_rng(91)
 
@@ -120,3 +123,20 @@ def test_gelu_erf_special_values_on_both_executors():
         np.testing.assert_array_equal(actual[:11], expected)
         np.testing.assert_array_equal(np.signbit(actual[:11]), np.signbit(expected))
         np.testing.assert_allclose(actual[11:], _gelu_exact(x[11:]), rtol=1e-6)
+
+
+@pytest.mark.parametrize("cpu, register", [("znver4", "zmm"), ("znver3", "ymm")])
+def test_gelu_and_exp_compile_to_vector_code_without_calls(cpu, register):
+    """No libm call per lane: the vectorized loop's FMAs run on full-width float registers."""
+    kernels = []
+    for name, function in (("gelu", gelu_erf), ("exp", exp_nonpositive)):
+        b = KernelBuilder(f"v{name}")
+        source = b.input("x", f32, (256,))
+        out = b.output("y", f32, (256,))
+        with b.for_range(256, kind=vectorized(16 if register == "zmm" else 8)) as i:
+            b.store(out, i, function(source[i]))
+        kernels.append(b.build())
+    text = CPUCodegen(TargetSpec.for_cpu(cpu)).compile_kernels(kernels).assembly()
+    assert not re.search(r"\bcall", text)
+    assert re.search(rf"vfmadd\w+ps\s+[^\n]*%{register}", text)
+    assert re.search(rf"vpsrlvd\s+[^\n]*%{register}", text)
