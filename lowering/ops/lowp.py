@@ -101,7 +101,8 @@ def lower_q_convolution(ctx: LoweringContext, node: lowp.QConvolution,
         dot = choose_dot_step(ctx.target,
                               lambda: depthwise_weight_pairs(weights, DOT_GROUPS["quad"]),
                               activations)
-        return [lower_q_depthwise(ctx, node, epilogue, g, weights, tables, dot, parallel)]
+        return [lower_q_depthwise(ctx, node, epilogue, g, weights, tables, dot, parallel,
+                                  activations)]
     dot = choose_dot_step(ctx.target, lambda: conv_weight_pairs(weights, DOT_GROUPS["quad"]),
                           activations)
     layout, tile = q_conv_schedule(ctx.target, dot, g)

@@ -18,22 +18,28 @@ Per (n, c), PARALLEL:
    (``vpermb``);
 3. the epilogue is ``lowp_conv.output_value`` (the exact per-border-class zero-point table,
    per-channel step and low) and the fused chain; the vectors' starts being constants, the
-   width border classes resolve at compile time (interior vectors select nothing).
+   width border classes resolve at compile time (interior vectors select nothing).  The
+   common chain ``[Add(per-channel constant) | ReLU | Clamp]... -> Quantize`` (bias, ReLU6,
+   requantization) is emitted by ``LeanRequantize`` without the NaN and range handling that
+   cannot matter: see there.
 """
 
 from __future__ import annotations
+
+import math
 
 import attrs
 import numpy as np
 
 from lowering import builder as lb
-from lowering.loop_ir import UNROLLED, Buffer, Expr, Kernel, Load, Var, i32, u8
+from lowering.loop_ir import UNROLLED, Buffer, Cast, Expr, Kernel, Load, Var, as_expr, f32, i32, u8
 from lowering.lower_graph import Epilogue, LoweringContext, kernel_builder, make_kernel
 from lowering.ops.lowp_conv import BlockedCopy, EpilogueTables, first_lane, output_value
 from lowering.ops.lowp_tiles import DotStep, replicate
 from lowering.ops.nn_conv import ConvGeometry
 from lowering.ops.nn_tiles import add, loop_kind, mul, unravel
-from lpjit.graph import Node
+from lpjit.graph import Node, constant_value
+from lpjit.ops import activations, elementwise, lowp
 
 Index = Expr | int
 MAX_WINDOW = 64          # bytes of one window load (one zmm)
@@ -122,10 +128,126 @@ class DepthwisePlan:
         return max(padded, reach)
 
 
+# Largest |anchor value| for which the lean epilogue is used: every f32 operation on it and
+# the chain's constants then stays finite, so no NaN can arise.
+FINITE_LIMIT = 1e30
+
+
+@attrs.frozen
+class LeanRequantize:
+    """The chain ``[Add(c) | ReLU | Clamp]... -> Quantize`` on finite values, where ``c`` is a
+    per-channel (or scalar) constant and Quantize's ranges are scalars.
+
+    For a value ``x`` that is not NaN, FakeQuantize's level index equals that of ``x``
+    clamped into ``[il, ih]`` (``x <= il`` gives 0 and ``il`` gives ``t = 0``; ``x > ih``
+    gives ``L-1`` and ``ih`` gives ``t = (ih-il)/(ih-il)*(L-1) = L-1``), and on that range
+    ``t = (x - il) / (ih - il) * (L-1)`` (same f32 operations) lies in ``[0, L-1]``: no
+    comparison, select or clip is left but the two clamps.  ReLU and Clamp are ``max``/``min``
+    (equal to the reference on non-NaN values).  The anchor's values are finite
+    (``FINITE_LIMIT`` checked from the accumulator bound), so nothing is NaN.
+    """
+
+    steps: tuple[tuple[str, object], ...]      # ("add", Buffer [C]) | ("clamp", (lo, hi)),
+    #                                            the last one a clamp into [low, high]
+    low: float
+    high: float
+    levels: int
+
+    @classmethod
+    def of(cls, ctx: LoweringContext, epilogue: Epilogue, channels: int, bound: float
+           ) -> LeanRequantize | None:
+        """The lean form of ``epilogue``'s chain, or None when it does not apply."""
+        chain, ports = epilogue.group.chain, epilogue.group.ports
+        if not chain or not isinstance(chain[-1], lowp.Quantize) or ports[-1] != 0:
+            return None
+        steps: list[tuple[str, object]] = []
+        for node, port in zip(chain[:-1], ports[:-1]):
+            if isinstance(node, elementwise.Add):
+                values = _per_channel(node.inputs[1 - port], channels)
+                if values is None or node.output_types[0].dtype.name != "f32":
+                    return None
+                bound += float(np.abs(values).max(initial=0.0))
+                steps.append(("add", ctx.constant(node.origin.name + "_lean", values)))
+            elif isinstance(node, activations.Relu):
+                _append_clamp(steps, 0.0, math.inf)
+            elif isinstance(node, activations.Clamp):
+                _append_clamp(steps, float(np.float32(node.min)), float(np.float32(node.max)))
+            else:
+                return None
+        quantize = chain[-1]
+        ranges = [constant_value(v) for v in quantize.inputs[1:]]
+        if any(r is None or np.asarray(r).size != 1 for r in ranges) or bound > FINITE_LIMIT:
+            return None
+        low, high = (float(np.asarray(r, np.float32).reshape(())) for r in ranges)
+        if not (np.isfinite(low) and np.isfinite(high) and low < high):
+            return None
+        _append_clamp(steps, low, high)
+        return cls(tuple(steps), low, high, quantize.levels)
+
+    def apply(self, value: Expr, channel: Index, lanes: int) -> Expr:
+        """The u8 level index of the chain applied to ``value`` (f32 x ``lanes``)."""
+        def imm(x: float) -> Expr:
+            return as_expr(float(np.float32(x)), f32.with_lanes(lanes))
+
+        for kind, operand in self.steps:
+            if kind == "add":
+                value = value + lb.broadcast(Load(operand, (channel,)), lanes, f32)
+            else:
+                lo, hi = operand
+                if lo > -math.inf:
+                    value = lb.max_(value, imm(lo))
+                if hi < math.inf:
+                    value = lb.min_(value, imm(hi))
+        steps = imm(float(self.levels - 1))
+        t = lb.binary("mul", lb.binary("div", lb.binary("sub", value, imm(self.low)),
+                                       imm(float(np.float32(self.high) - np.float32(self.low)))),
+                      steps)
+        return Cast(lb.call("round_half_even", t), u8, "trunc")
+
+
+def _append_clamp(steps: list[tuple[str, object]], low: float, high: float) -> None:
+    """Append ``min(max(x, low), high)``, merged into a clamp just before it when the two
+    ranges overlap (``clamp(clamp(x, a, b), c, d) = clamp(x, max(a, c), min(b, d))``)."""
+    if steps and steps[-1][0] == "clamp":
+        a, b = steps[-1][1]
+        if max(a, low) <= min(b, high):
+            steps[-1] = ("clamp", (max(a, low), min(b, high)))
+            return
+    steps.append(("clamp", (low, high)))
+
+
+def _per_channel(value, channels: int) -> np.ndarray | None:
+    """A constant broadcasting along N, H, W only, as ``[channels]`` f32; else None."""
+    data = constant_value(value)
+    if data is None:
+        return None
+    data = np.asarray(data)
+    if data.dtype != np.float32 or data.ndim > 4:
+        return None
+    shape = (1,) * (4 - data.ndim) + data.shape
+    if shape[0] != 1 or shape[2:] != (1, 1) or shape[1] not in (1, channels):
+        return None
+    return np.ascontiguousarray(np.broadcast_to(data.reshape(-1), (channels,)), np.float32)
+
+
+def _anchor_bound(weights: np.ndarray, tables: EpilogueTables, max_level: int) -> float:
+    """An upper bound of ``|(f32(acc) * step + zp) * scale|`` over the layer (float64, with
+    a margin for the f32 roundings)."""
+    taps = np.abs(weights.astype(np.int64)).reshape(weights.shape[0], -1).sum(axis=1)
+    acc = taps.astype(np.float64) * max_level
+    step = np.abs(tables.step.data.astype(np.float64))
+    scale = np.abs(tables.scale.data.astype(np.float64))
+    zero = np.abs(tables.zero_point.data.astype(np.float64)).max(axis=(0, 2))
+    return float(np.max((acc * step + zero) * scale, initial=0.0) * 1.01)
+
+
 def lower_q_depthwise(ctx: LoweringContext, node: Node, epilogue: Epilogue, g: ConvGeometry,
                       weights: np.ndarray, tables: EpilogueTables, step: DotStep,
-                      parallel: bool) -> Kernel:
-    """The integer depthwise kernel (see the module docstring)."""
+                      parallel: bool, max_level: int = 255) -> Kernel:
+    """The integer depthwise kernel (see the module docstring); ``max_level`` bounds the
+    input's level indices."""
+    lean = LeanRequantize.of(ctx, epilogue, g.channels,
+                             _anchor_bound(weights, tables, max_level))
     group = step.group
     packed = pack_depthwise_weights(weights, group)
     constant = ctx.constant(node.origin.name + "_weights", packed)
@@ -143,7 +265,7 @@ def lower_q_depthwise(ctx: LoweringContext, node: Node, epilogue: Epilogue, g: C
     with b.for_range(count, kind=loop_kind(parallel, count), name="nc") as t:
         n, c = unravel(t, (g.batch, g.channels))
         copier.dims((n, c, 0))
-        writer = _DepthwiseWriter(b, g, p, step, tables, epilogue, n, c,
+        writer = _DepthwiseWriter(b, g, p, step, tables, epilogue, lean, n, c,
                                   _weight_vectors(b, constant, c, plan, group))
         out_h = g.out_spatial[0]
         full = out_h // plan.rows
@@ -179,6 +301,7 @@ class _DepthwiseWriter:
     step: DotStep
     tables: EpilogueTables
     epilogue: Epilogue
+    lean: LeanRequantize | None
     n: Index
     c: Index
     weights: dict[tuple[int, int, int], Var]
@@ -238,12 +361,22 @@ class _DepthwiseWriter:
                 with _scope(b):
                     value = b.let(output_value(b, self.tables, acc[at(r, k)], self.c,
                                                outer_class, vector.start, vector.lanes), "y")
-                    if vector.stored == vector.lanes:
-                        self.epilogue.store(b, (self.n, self.c, oh,
-                                                lb.ramp(vector.start, vector.lanes)), value)
-                    else:
-                        self.epilogue.store(b, (self.n, self.c, oh, vector.start),
-                                            first_lane(value))
+                    self.store(oh, vector, value)
+
+    def store(self, oh: Index, vector: ColumnVector, value: Expr) -> None:
+        """The chain on ``value`` stored at the vector's (first ``stored``) columns."""
+        b = self.b
+        if self.lean is not None:
+            value = b.let(self.lean.apply(value, self.c, vector.lanes), "q")
+            if vector.stored != vector.lanes:
+                value = lb.shuffle(value, [0])
+            b.store(self.epilogue.output, (self.n, self.c, oh,
+                                           lb.ramp(vector.start, vector.stored)), value)
+        elif vector.stored == vector.lanes:
+            self.epilogue.store(b, (self.n, self.c, oh, lb.ramp(vector.start, vector.lanes)),
+                                value)
+        else:
+            self.epilogue.store(b, (self.n, self.c, oh, vector.start), first_lane(value))
 
 
 def _scope(b: lb.KernelBuilder):

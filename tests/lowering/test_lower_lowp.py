@@ -44,7 +44,7 @@ from lowering.traversal import walk
 from lpjit import dtypes, reference
 from lpjit.errors import LoweringError
 from lpjit.graph import Graph, Value
-from lpjit.ops import lowp
+from lpjit.ops import activations, lowp
 from lpjit.passes.low_precision import apply_low_precision
 from lpjit.reference.lowp import integer_convolution
 from runtime.jit import CPU_FEATURES, CPUCodegen, JitEngine, JitLibrary, TargetSpec
@@ -582,3 +582,35 @@ def test_depthwise_width_vectors():
     assert spans(28, 16) == [(0, 16, 16), (12, 16, 16)]
     assert spans(7, 16) == [(0, 4, 4), (3, 4, 4)]
     assert spans(1, 16) == [(0, 2, 1)]
+
+
+@pytest.mark.parametrize("target", [HOST, AVX2], ids=lambda t: t.cpu)
+@pytest.mark.parametrize("activation, quantize_range, lean", [
+    ((0.0, 6.0), (0.0, 6.0), True),          # ReLU6 -> [0, 6]: the MobileNetV2 block
+    (None, (-1.0, 3.0), True),               # ReLU -> a range below and above it
+    ((1.0, 4.0), (0.0, 6.0), True),          # a clamp inside the range
+    ((-2.0, 8.0), (0.5, 6.0), True),         # a clamp wider than the range
+    ((0.0, 6.0), None, False),               # no requantization: the generic chain
+])
+def test_q_depthwise_requantizing_epilogue(target, activation, quantize_range, lean):
+    """Depthwise + per-channel bias + ReLU/Clamp + Quantize: the lean epilogue (two clamps,
+    the reference's f32 formula) writes the reference's level indices bit for bit; values
+    span the whole range, both clamps included."""
+    channels = 3
+    node, params = q_conv((1, channels, 6, 21), RNG.integers(-128, 128, (channels, 1, 1, 3, 3)),
+                          (1, 1), (1, 1), per_channel=True, step=np.full(channels, 0.02),
+                          low=np.full(channels, -0.5), scale=np.full(channels, 0.01))
+    y = add(node.output, _const(RNG.uniform(-0.5, 0.5, (1, channels, 1, 1)).astype(F32)))
+    if activation is None:
+        y = relu(y)
+    else:
+        y = activations.Clamp(origin=origin("clamp", "Clamp"), inputs=(y,),
+                              min=activation[0], max=activation[1]).output
+    if quantize_range is not None:
+        y = lowp.Quantize(origin=origin("requantize", "Quantize"),
+                          inputs=(y, vector([quantize_range[0]]), vector([quantize_range[1]])),
+                          levels=256).output
+    program = check(graph(params, y), [levels_like((1, channels, 6, 21))], target,
+                    numba=target is HOST)
+    lean_constants = [c for c in program.constants if "_lean" in c.name]
+    assert bool(lean_constants) == lean
