@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import attrs
 import numpy as np
@@ -468,14 +468,26 @@ def output_value(b: lb.KernelBuilder, tables: EpilogueTables, acc: Expr, channel
 
 @attrs.frozen
 class FastTables:
-    """``lowp_requantize.FastRequantize``'s constants as buffers (per channel, or in the
-    zero-point table's ``[outer class, OC, width class]`` layout)."""
+    """``lowp_requantize.FastRequantize``'s constants: buffers (per channel, or in the
+    zero-point table's ``[outer class, OC, width class]`` layout), or one float when every
+    entry is the same (a splat constant instead of a load per channel)."""
 
     slope: Buffer
-    limit: Buffer
+    limit: Buffer | float
     offset: Buffer
-    low: Buffer
-    high: Buffer
+    low: Buffer | float
+    high: Buffer | float
+
+    def value(self, field: str, load: Callable[[Buffer], Expr], lanes: int) -> Expr:
+        """``field`` for one output vector: ``load(buffer)``, or the splat float."""
+        entry = getattr(self, field)
+        if isinstance(entry, Buffer):
+            return load(entry)
+        return lb.broadcast(as_expr(entry, f32), lanes, f32)
+
+
+# Below this smallest per-channel tie distance, the limit stays per channel.
+SHARED_LIMIT = 0.45
 
 
 def fast_requantize_tables(ctx: LoweringContext, node: Node, epilogue: Epilogue,
@@ -497,10 +509,16 @@ def fast_requantize_tables(ctx: LoweringContext, node: Node, epilogue: Epilogue,
             values = np.ascontiguousarray(values.transpose(0, 2, 1))
         return ctx.constant(f"{name}_{suffix}", values)
 
+    def bound(values: np.ndarray, suffix: str) -> Buffer | float:
+        first = float(values.flat[0])
+        return first if np.all(values == first) else table(values, suffix)
+
+    limit = float(plan.limit.min())
     return FastTables(ctx.constant(name + "_slope", plan.slope),
-                      ctx.constant(name + "_limit", plan.limit),
-                      table(plan.offset, "offset"), table(plan.low, "qlow"),
-                      table(plan.high, "qhigh"))
+                      limit if limit >= SHARED_LIMIT else ctx.constant(name + "_limit",
+                                                                        plan.limit),
+                      table(plan.offset, "offset"), bound(plan.low, "qlow"),
+                      bound(plan.high, "qhigh"))
 
 
 def first_lane(value: Expr) -> Expr:
@@ -599,13 +617,16 @@ class _QConvWriter:
                 return
             fast, classes = self.fast, self.tables.classes
             index = (n, channel, *outer, vector_index(start, lanes))
+
+            def by_column(table: Buffer) -> Expr:
+                return per_column(table, classes, outer_class, channel, start, lanes)
+
             emit_fast_requantize(
                 self.b, self.b.let(acc, "acc"), per_channel(fast.slope, (channel,), lanes),
-                per_column(fast.offset, classes, outer_class, channel, start, lanes),
-                per_column(fast.low, classes, outer_class, channel, start, lanes),
-                per_column(fast.high, classes, outer_class, channel, start, lanes),
-                per_channel(fast.limit, (channel,), lanes), exact,
-                lambda q: self.b.store(self.epilogue.output, index, q))
+                by_column(fast.offset), fast.value("low", by_column, lanes),
+                fast.value("high", by_column, lanes),
+                fast.value("limit", lambda t: per_channel(t, (channel,), lanes), lanes),
+                exact, lambda q: self.b.store(self.epilogue.output, index, q))
 
         emit_dot_tile(self.b, self.step, self.block_rows, columns.count, lanes, reduction,
                       g.kernel[-1], weights, activations, store, broadcast_is_activation=False)

@@ -39,8 +39,8 @@ from lowering.ops.lowp_conv import (
     first_lane,
     padded_channels,
 )
-from lowering.ops.lowp_requantize import emit_fast_requantize
 from lowering.ops.lowp_matmul import column_cover, panel_columns, remainder_columns
+from lowering.ops.lowp_requantize import emit_fast_requantize
 from lowering.ops.lowp_tiles import DotStep, emit_dot_tile
 from lowering.ops.nn_conv import ConvGeometry
 from lowering.ops.nn_schedules import RegisterTile
@@ -176,12 +176,14 @@ class _ChannelWriter:
             fast, channels = self.fast, vector_index(channel, lanes)
             outer_class, width = self.pixel_classes(outer, ow)
             index = (n, channels, *outer, ow)
+            def by_class(table: Buffer) -> Expr:
+                return Load(table, (outer_class, width, channels))
+
             emit_fast_requantize(
                 self.b, self.b.let(acc, "acc"), Load(fast.slope, (channels,)),
-                Load(fast.offset, (outer_class, width, channels)),
-                Load(fast.low, (outer_class, width, channels)),
-                Load(fast.high, (outer_class, width, channels)),
-                Load(fast.limit, (channels,)), exact,
+                by_class(fast.offset), fast.value("low", by_class, lanes),
+                fast.value("high", by_class, lanes),
+                fast.value("limit", lambda t: Load(t, (channels,)), lanes), exact,
                 lambda q: self.b.store(self.epilogue.output, index, q))
 
         emit_dot_tile(self.b, self.step, self.rows, columns.count, lanes, reduction,

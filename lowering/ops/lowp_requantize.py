@@ -57,25 +57,25 @@ class FastRequantize:
 
 @attrs.frozen
 class _Chain:
-    """The group's chain: ``run(x)`` evaluates it as the reference does on ``x`` shaped
-    ``[1, OC, n, 1...]``; ``slope``/``shift`` compose its affine parts (float64, per OC)."""
+    """The group's chain: ``run(x, oc)`` evaluates it as the reference does on the flat
+    values ``x`` of channels ``oc``; ``slope``/``shift`` compose its affine parts (float64)."""
 
-    run: Callable[[np.ndarray], np.ndarray]
+    run: Callable[[np.ndarray, np.ndarray], np.ndarray]
     slope: np.ndarray
     shift: np.ndarray
     levels: int
 
 
 def _per_channel(array: np.ndarray, rank: int, channels: int) -> np.ndarray | None:
-    """``array`` as ``[OC]`` float64 when it broadcasts over an output of ``rank`` dims as a
-    per-channel (or scalar) constant, else ``None``."""
+    """``array`` as ``[OC]`` (its own type) when it broadcasts over an output of ``rank`` dims
+    as a per-channel (or scalar) constant, else ``None``."""
     array = np.asarray(array)
     if array.ndim > rank:
         return None
     shape = (1,) * (rank - array.ndim) + array.shape
     if any(d != 1 for i, d in enumerate(shape) if i != 1) or shape[1] not in (1, channels):
         return None
-    return np.broadcast_to(array.reshape(shape)[0].reshape(-1), (channels,)).astype(np.float64)
+    return np.broadcast_to(array.reshape(shape)[0].reshape(-1), (channels,))
 
 
 def _chain(epilogue: Epilogue, rank: int, channels: int) -> _Chain | None:
@@ -85,7 +85,7 @@ def _chain(epilogue: Epilogue, rank: int, channels: int) -> _Chain | None:
     if not group.chain or not isinstance(group.chain[-1], lowp.Quantize):
         return None
     slope, shift = np.ones(channels), np.zeros(channels)
-    steps: list[tuple[Node, int, list]] = []
+    steps: list[tuple[Node, int, list[np.ndarray]]] = []
     for node, port in zip(group.chain, group.ports):
         others = [constant_value(v) for i, v in enumerate(node.inputs) if i != port]
         if any(c is None for c in others) or type(node) not in EVALUATORS:
@@ -93,27 +93,28 @@ def _chain(epilogue: Epilogue, rank: int, channels: int) -> _Chain | None:
         vectors = [_per_channel(c, rank, channels) for c in others]
         if any(v is None for v in vectors):
             return None
+        wide = [v.astype(np.float64) for v in vectors]
         if isinstance(node, _AFFINE):
             if isinstance(node, elt.Subtract) and port != 0:
                 return None
-            (c,) = vectors
+            (c,) = wide
             if isinstance(node, elt.Multiply):
                 slope, shift = slope * c, shift * c
             else:
                 shift = shift + c if isinstance(node, elt.Add) else shift - c
         elif isinstance(node, lowp.Quantize):
-            low, high = vectors
+            low, high = wide
             if node is not group.chain[-1] or not np.all(low < high):
                 return None
             factor = (node.levels - 1) / (high - low)
             slope, shift = slope * factor, (shift - low) * factor
         elif not isinstance(node, _CLAMPS):
             return None
-        steps.append((node, port, [np.asarray(c) for c in others]))
+        steps.append((node, port, vectors))
 
-    def run(x: np.ndarray) -> np.ndarray:
-        for node, port, constants in steps:
-            args = list(constants)
+    def run(x: np.ndarray, oc: np.ndarray) -> np.ndarray:
+        for node, port, vectors in steps:
+            args = [v[oc] for v in vectors]
             args.insert(port, x)
             with np.errstate(all="ignore"):
                 x = np.asarray(EVALUATORS[type(node)](node, *args))
@@ -121,6 +122,72 @@ def _chain(epilogue: Epilogue, rank: int, channels: int) -> _Chain | None:
         return x.astype(np.int64)
 
     return _Chain(run, slope, shift, group.chain[-1].levels)
+
+
+@attrs.frozen
+class _Forms:
+    """The exact level function ``f`` and the fast form ``g`` of every (channel, class), on
+    flat arrays of accumulators ``acc``, channels ``oc`` and classes ``cls``."""
+
+    chain: _Chain
+    step: np.ndarray            # [OC] f32
+    scale: np.ndarray           # [OC] f32
+    zero_point: np.ndarray      # [OC, classes] f32
+    slope: np.ndarray           # [OC] f32
+    offset: np.ndarray          # [OC, classes] f32
+    low: np.ndarray             # [OC, classes] f32: clamp of g
+    high: np.ndarray
+
+    def exact(self, acc: np.ndarray, oc: np.ndarray, cls: np.ndarray) -> np.ndarray:
+        x = (acc.astype(F32) * self.step[oc] + self.zero_point[oc, cls]) * self.scale[oc]
+        return self.chain.run(x, oc)
+
+    def t(self, acc: np.ndarray, oc: np.ndarray, cls: np.ndarray) -> np.ndarray:
+        return acc.astype(F32) * self.slope[oc] + self.offset[oc, cls]
+
+    def fast(self, acc: np.ndarray, oc: np.ndarray, cls: np.ndarray) -> np.ndarray:
+        rounded = np.rint(self.t(acc, oc, cls))
+        return np.clip(rounded, self.low[oc, cls], self.high[oc, cls]).astype(np.int64)
+
+
+@attrs.frozen
+class _Levels:
+    """Every (channel, class, level ``k``) flattened, with the search domain of ``b``
+    (``acc = direction * b`` makes both functions non-decreasing in ``b``)."""
+
+    oc: np.ndarray
+    cls: np.ndarray
+    k: np.ndarray
+    direction: np.ndarray
+    first: np.ndarray
+    last: np.ndarray
+
+    def threshold(self, fn, guess: np.ndarray) -> np.ndarray:
+        """``min{b in [first, last]: fn(direction * b) >= k}`` (``last + 1`` if none): the
+        guess where it checks, else a binary search."""
+        guess = np.clip(guess, self.first, self.last + 1)
+        below = np.maximum(guess - 1, self.first)
+        at = np.minimum(guess, self.last)
+        ok = ((guess == self.first) | (self._at(fn, below) < self.k)) & \
+            ((guess == self.last + 1) | (self._at(fn, at) >= self.k))
+        wrong = np.nonzero(~ok)[0]
+        if wrong.size:
+            guess[wrong] = self._search(fn, wrong)
+        return guess
+
+    def _at(self, fn, b: np.ndarray, index=slice(None)) -> np.ndarray:
+        return fn(self.direction[index] * b, self.oc[index], self.cls[index])
+
+    def _search(self, fn, index: np.ndarray) -> np.ndarray:
+        left, right = self.first[index].copy(), self.last[index] + 1
+        k = self.k[index]
+        while np.any(left < right):
+            mid = (left + right) // 2
+            reached = self._at(fn, np.minimum(mid, self.last[index]), index) >= k
+            reached |= mid > self.last[index]
+            right = np.where(reached, mid, right)
+            left = np.where(reached, left, mid + 1)
+        return left
 
 
 def plan_fast_requantize(epilogue: Epilogue, weights: np.ndarray, step: np.ndarray,
@@ -138,73 +205,36 @@ def plan_fast_requantize(epilogue: Epilogue, weights: np.ndarray, step: np.ndarr
     hi = max_activation * np.maximum(flat, 0).sum(axis=1)
     outer, _, width = zero_point.shape
     zp = zero_point.transpose(1, 0, 2).reshape(channels, -1).astype(F32)     # [OC, classes]
-    slope64 = step.astype(np.float64) * scale * chain.slope
-    slope = slope64.astype(F32)
+    classes = zp.shape[1]
+    slope = (step.astype(np.float64) * scale * chain.slope).astype(F32)
     offset = (zp.astype(np.float64) * (scale * chain.slope)[:, None]
               + chain.shift[:, None]).astype(F32)
     reach = np.abs(slope.astype(np.float64)) * np.maximum(-lo, hi) + np.abs(offset).max(axis=1)
     if not (np.all(np.isfinite(reach)) and reach.max(initial=0) < 1e30
             and np.all(slope != 0)):
         return None
-
-    def exact(acc: np.ndarray, cls: np.ndarray) -> np.ndarray:
-        """``f`` at ``acc [OC, n]`` of classes ``cls [OC, n]``."""
-        rows = np.arange(channels)[:, None]
-        x = (acc.astype(F32) * step[:, None].astype(F32) + zp[rows, cls]) * \
-            scale[:, None].astype(F32)
-        shaped = x.reshape(1, channels, -1, *([1] * (rank - 3)))
-        return chain.run(shaped).reshape(channels, -1)
-
-    def fast_t(acc: np.ndarray, cls: np.ndarray) -> np.ndarray:
-        rows = np.arange(channels)[:, None]
-        return acc.astype(F32) * slope[:, None] + offset[rows, cls]
-
-    classes = zp.shape[1]
-    every = np.broadcast_to(np.arange(classes), (channels, classes))
-    q_lo = exact(np.repeat(lo[:, None], classes, 1), every).astype(F32)
-    q_hi = exact(np.repeat(hi[:, None], classes, 1), every).astype(F32)
-    direction = np.where(slope > 0, 1, -1)[:, None]
-    q_min, q_max = np.minimum(q_lo, q_hi), np.maximum(q_lo, q_hi)
-
-    def fast(acc: np.ndarray, cls: np.ndarray) -> np.ndarray:
-        rows = np.arange(channels)[:, None]
-        return np.clip(np.rint(fast_t(acc, cls)), q_min[rows, cls],
-                       q_max[rows, cls]).astype(np.int64)
-
-    levels = np.arange(1, chain.levels)
-    shape = (channels, classes, levels.size)
-    cls = np.broadcast_to(np.arange(classes)[None, :, None], shape).reshape(channels, -1)
-    k = np.broadcast_to(levels, shape).reshape(channels, -1)
-    first = np.where(direction > 0, lo[:, None], -hi[:, None])
-    last = np.where(direction > 0, hi[:, None], -lo[:, None])
-
-    def thresholds(fn: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> np.ndarray:
-        """``min{b in [first, last]: fn(direction * b) >= k}`` (``last + 1`` if none)."""
-        left = np.broadcast_to(first, k.shape).copy()
-        right = np.broadcast_to(last + 1, k.shape).copy()
-        while np.any(left < right):
-            mid = (left + right) // 2
-            reached = fn(direction * mid, cls) >= k
-            right = np.where(reached, mid, right)
-            left = np.where(reached, left, mid + 1)
-        return left
-
-    ideal, quick = thresholds(exact), thresholds(fast)
-    start, stop = np.minimum(ideal, quick), np.maximum(ideal, quick)
-    counts = (stop - start).reshape(channels, -1).sum(axis=1)
-    limit = np.ones(channels, F32)
-    points: list[tuple[int, int, int]] = []
-    for oc, index in zip(*np.nonzero(stop > start)):
-        if counts[oc] > MAX_EXCEPTIONS:
-            limit[oc] = 0
-            continue
-        points += [(oc, cls[oc, index], b) for b in range(start[oc, index], stop[oc, index])]
-    if points:
-        oc, where, b = (np.array(column, np.int64)[None, :] for column in zip(*points))
-        acc = direction[oc[0], 0][None, :] * b
-        exceptions = _evaluate_points(exact, fast, fast_t, oc[0], where[0], acc[0], channels)
-        for channel, distance in exceptions:
-            limit[channel] = min(limit[channel], distance)
+    forms = _Forms(chain, step.astype(F32), scale.astype(F32), zp, slope, offset, zp, zp)
+    oc = np.repeat(np.arange(channels), classes)
+    cls = np.tile(np.arange(classes), channels)
+    ends = [forms.exact(np.repeat(bound, classes), oc, cls).astype(F32).reshape(channels, -1)
+            for bound in (lo, hi)]
+    forms = attrs.evolve(forms, low=np.minimum(*ends), high=np.maximum(*ends))
+    direction = np.where(slope > 0, 1, -1)
+    count = chain.levels - 1
+    levels = _Levels(np.repeat(oc, count), np.repeat(cls, count),
+                     np.tile(np.arange(1, chain.levels), channels * classes),
+                     np.repeat(direction, classes * count),
+                     np.repeat(np.where(direction > 0, lo, -hi), classes * count),
+                     np.repeat(np.where(direction > 0, hi, -lo), classes * count))
+    # t = |slope| * b + offset crosses k - 1/2 here (up to rounding: checked, then searched)
+    with np.errstate(all="ignore"):
+        crossing = ((levels.k - 0.5 - offset[levels.oc, levels.cls].astype(np.float64))
+                    / np.abs(slope[levels.oc].astype(np.float64)))
+    guess = np.ceil(np.clip(crossing, levels.first - 1, levels.last + 1)).astype(np.int64)
+    quick = levels.threshold(forms.fast, guess)
+    ideal = levels.threshold(forms.exact, quick.copy())
+    limit = _limits(forms, levels, np.minimum(ideal, quick), np.maximum(ideal, quick),
+                    channels)
     share = np.mean(np.minimum(2.0 * limit.astype(np.float64), 1.0) ** lanes)
     if share < MIN_FAST_SHARE:
         return None
@@ -212,23 +242,31 @@ def plan_fast_requantize(epilogue: Epilogue, weights: np.ndarray, step: np.ndarr
     def table(values: np.ndarray) -> np.ndarray:
         return np.ascontiguousarray(values.reshape(channels, outer, width).transpose(1, 0, 2))
 
-    return FastRequantize(slope, table(offset), table(q_min), table(q_max), limit)
+    return FastRequantize(slope, table(offset), table(forms.low), table(forms.high), limit)
 
 
-def _evaluate_points(exact, fast, fast_t, oc: np.ndarray, cls: np.ndarray, acc: np.ndarray,
-                     channels: int) -> list[tuple[int, float]]:
-    """``(channel, |t - rint(t)|)`` of every listed accumulator where ``f != g``."""
-    found = []
-    for channel in np.unique(oc):
-        mine = oc == channel
-        grid_acc = np.zeros((channels, int(mine.sum())), np.int64)
-        grid_cls = np.zeros_like(grid_acc)
-        grid_acc[channel], grid_cls[channel] = acc[mine], cls[mine]
-        differ = exact(grid_acc, grid_cls)[channel] != fast(grid_acc, grid_cls)[channel]
-        t = fast_t(grid_acc, grid_cls)[channel][differ]
-        if t.size:
-            found.append((int(channel), float(np.abs(t - np.rint(t)).min())))
-    return found
+def _limits(forms: _Forms, levels: _Levels, start: np.ndarray, stop: np.ndarray,
+            channels: int) -> np.ndarray:
+    """Per channel, the smallest ``|t - rint(t)|`` over the accumulators where ``f != g``
+    (all lie in some ``[start, stop)``); 1 when there are none, 0 when too many to list."""
+    limit = np.ones(channels, F32)
+    differ = np.nonzero(stop > start)[0]
+    spans = stop[differ] - start[differ]
+    totals = np.bincount(levels.oc[differ], weights=spans, minlength=channels)
+    crowded = totals > MAX_EXCEPTIONS
+    limit[crowded] = 0
+    differ = differ[~crowded[levels.oc[differ]]]
+    if not differ.size:
+        return limit
+    spans = stop[differ] - start[differ]
+    item = np.repeat(differ, spans)
+    offsets = np.arange(item.size) - np.repeat(np.cumsum(spans) - spans, spans)
+    acc = levels.direction[item] * (start[item] + offsets)
+    oc, cls = levels.oc[item], levels.cls[item]
+    wrong = forms.exact(acc, oc, cls) != forms.fast(acc, oc, cls)
+    t = forms.t(acc[wrong], oc[wrong], cls[wrong])
+    np.minimum.at(limit, oc[wrong], np.abs(t - np.rint(t)).astype(F32))
+    return limit
 
 
 # -- emission -----------------------------------------------------------------------------------

@@ -115,7 +115,7 @@ def test_requantized_convolution_is_bit_exact(target, shape, kernel, pads):
     _, chain, x = requantized_conv(rng, shape, weights, pads, ih=4.0)
     g = graph([x], chain[-1].output)
     program = lower_graph_to_loops(g, LoweringOptions(target=target, threads=1))
-    assert any("qconv_limit" in repr(s.kernel) for s in program.steps)
+    assert any("qconv_slope" in repr(s.kernel) for s in program.steps)
     data = rng.integers(0, 256, shape).astype(np.uint8)
     expected = np.asarray(reference.run(g, [data])[0])
     for name, run in (("LLVM", compiler_for(target)), ("numba", None)):
@@ -123,3 +123,24 @@ def test_requantized_convolution_is_bit_exact(target, shape, kernel, pads):
             continue
         actual = run_program(program, [data], run) if run else run_program(program, [data])
         np.testing.assert_array_equal(actual[0], expected, err_msg=f"{name} {target.cpu}")
+
+
+@pytest.mark.parametrize("target", [HOST, AVX2], ids=lambda t: t.cpu)
+def test_vectors_near_a_tie_take_the_exact_chain(monkeypatch, target):
+    """With a zero limit every vector is 'near a tie': the exact chain writes all of them."""
+    import attrs
+
+    from lowering.ops import lowp_conv
+
+    plan = lowp_conv.plan_fast_requantize
+    monkeypatch.setattr(lowp_conv, "plan_fast_requantize", lambda *a: attrs.evolve(
+        plan(*a), limit=np.zeros(40, F32)))
+    rng = np.random.default_rng(5)
+    shape = (1, 16, 4, 21)
+    _, chain, x = requantized_conv(rng, shape, rng.integers(-128, 128, (1, 40, 16, 1, 1)),
+                                   (0, 0), ih=3.0)
+    g = graph([x], chain[-1].output)
+    program = lower_graph_to_loops(g, LoweringOptions(target=target, threads=1))
+    data = rng.integers(0, 256, shape).astype(np.uint8)
+    actual = run_program(program, [data], compiler_for(target))[0]
+    np.testing.assert_array_equal(actual, np.asarray(reference.run(g, [data])[0]))
