@@ -61,7 +61,13 @@ from lowering.loop_ir import (
 )
 from lowering.lower_graph import Epilogue, LoweringContext, kernel_builder, make_kernel
 from lowering.ops.lowp_requantize import emit_fast_requantize, plan_fast_requantize
-from lowering.ops.lowp_tiles import DotStep, emit_dot_tile
+from lowering.ops.lowp_tiles import (
+    EPILOGUE_PER_VECTOR,
+    FORMULA_PER_VECTOR,
+    DotStep,
+    emit_dot_tile,
+    integer_tile,
+)
 from lowering.ops.nn_conv import ConvGeometry, block_starts
 from lowering.ops.nn_schedules import RegisterTile
 from lowering.ops.nn_tiles import (
@@ -521,6 +527,11 @@ def fast_requantize_tables(ctx: LoweringContext, node: Node, epilogue: Epilogue,
                       bound(plan.high, "qhigh"))
 
 
+def reduction_steps(g: ConvGeometry, step: DotStep) -> int:
+    """Dot steps per output vector: channel groups times kernel taps."""
+    return -(-g.group_in // step.group) * math.prod(g.kernel)
+
+
 def first_lane(value: Expr) -> Expr:
     """Lane 0 of a vector, exactly (``min`` of the lane with itself keeps NaN and -0.0)."""
     return ReduceLanes("min", lb.shuffle(value, [0, 0]))
@@ -530,6 +541,10 @@ def lower_q_conv(ctx: LoweringContext, node: Node, epilogue: Epilogue, g: ConvGe
                  weights: np.ndarray, tables: EpilogueTables, step: DotStep,
                  tile: RegisterTile, parallel: bool) -> Kernel:
     """The integer direct convolution kernel (see the module docstring)."""
+    cost = FORMULA_PER_VECTOR if epilogue.is_identity else EPILOGUE_PER_VECTOR
+    tile = integer_tile(ctx.target, step, g.group_out, g.out_spatial[-1],
+                        steps=reduction_steps(g, step),
+                        epilogue=cost) if g.out_spatial[-1] > 1 else tile
     packed = ctx.constant(node.origin.name + "_weights",
                           pack_q_conv_weights(weights, tile.rows, step.group))
     b = kernel_builder(ctx, node)

@@ -212,14 +212,23 @@ _FIXED = {"quad": 1, "pairs": 2, "saturating": 3, "mac": 2}
 
 
 def integer_tile(target: Target, step: DotStep, row_extent: int, column_extent: int,
-                 max_rows: int = 8, max_vectors: int = 8) -> RegisterTile:
-    """The cheapest tile of ``tile_costs`` (see there)."""
+                 max_rows: int = 8, max_vectors: int = 8, steps: int = 1,
+                 epilogue: float = 0.0) -> RegisterTile:
+    """The cheapest tile of ``integer_tile_cost`` (see there)."""
     return integer_tile_cost(target, step, row_extent, column_extent, max_rows,
-                             max_vectors)[1]
+                             max_vectors, steps, epilogue)[1]
+
+
+# Instructions of an epilogue per output vector, in dot-step units (a fused chain, such as a
+# requantization; the convolution's own output formula): it does not get cheaper on narrower
+# vectors (each one is an instruction), unlike the dot steps.
+EPILOGUE_PER_VECTOR = 12.0
+FORMULA_PER_VECTOR = 5.0
 
 
 def integer_tile_cost(target: Target, step: DotStep, row_extent: int, column_extent: int,
-                      max_rows: int = 8, max_vectors: int = 8) -> tuple[float, RegisterTile]:
+                      max_rows: int = 8, max_vectors: int = 8, steps: int = 1,
+                      epilogue: float = 0.0) -> tuple[float, RegisterTile]:
     """The cheapest ``rows x vectors`` i32 tile of ``lanes`` for a row axis (broadcast
     operands) of ``row_extent`` and a vectorized axis of ``column_extent``, and its cost.
 
@@ -228,7 +237,9 @@ def integer_tile_cost(target: Target, step: DotStep, row_extent: int, column_ext
     loads at half that price (the remainder tile with its own vector count).  On AVX-512 a
     256-bit vector counts as half a 512-bit one (AMD Zen 4 splits 512-bit operations in two);
     narrower vectors are never cheaper elsewhere.  Accumulators and operands must fit the
-    register file.
+    register file.  With ``steps`` reduction steps and an ``epilogue`` cost per output vector
+    (not halved on 256 bits), the cost is the whole tile's: ``steps`` times the step's cost
+    plus the epilogues (small reductions favour wide vectors).
     """
     registers = 32 if target.has_avx512 else 16
     widest = target.f32_lanes
@@ -245,7 +256,10 @@ def integer_tile_cost(target: Target, step: DotStep, row_extent: int, column_ext
                 cost = cover.full_tiles * _tile_cost(rows, vectors)
                 if cover.remainder_count:
                     cost += _tile_cost(rows, cover.remainder_count)
-                cost *= price * -(-row_extent // rows)
+                blocks = -(-row_extent // rows)
+                cost *= price * blocks * steps
+                outputs = cover.full_tiles * vectors + cover.remainder_count
+                cost += epilogue * outputs * rows * blocks
                 if best is None or cost < best[0] - 1e-9:
                     best = (cost, RegisterTile(rows, vectors, lanes))
     assert best is not None
@@ -256,6 +270,6 @@ def _tile_cost(rows: int, vectors: int) -> float:
     return rows * vectors + 0.5 * (rows + vectors)
 
 
-__all__ = ["DotStep", "SaturationProof", "choose_dot_step", "emit_dot_tile", "integer_tile",
+__all__ = ["EPILOGUE_PER_VECTOR", "FORMULA_PER_VECTOR", "DotStep", "SaturationProof", "choose_dot_step", "emit_dot_tile", "integer_tile",
            "integer_tile_cost",
            "replicate", "saturation_proof"]
