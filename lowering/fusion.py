@@ -10,6 +10,12 @@ the group of the producer of one of its inputs when
 
 The group's kernel then computes the whole chain before one store: conv + bias + ReLU +
 FakeQuantize becomes one loop nest.  Constants, Parameters and Results form no group.
+
+An elementwise op that joins no group is *inlined* instead of stored when its output has one
+consumer, that consumer is elementwise with an output of the same shape, and the output is not
+a model output: the consumer's kernel recomputes it where it would have loaded it (each element
+is still computed once).  So the residual branch of ``conv -> Add(., Dequantize(q)) -> ReLU ->
+Quantize`` reads the u8 ``q`` inside the conv's epilogue instead of a stored f32 tensor.
 """
 
 from __future__ import annotations
@@ -29,10 +35,16 @@ class Group:
     anchor: Node
     chain: tuple[Node, ...] = ()
     ports: tuple[int, ...] = ()
+    inlined: tuple[Node, ...] = ()
 
     @property
     def nodes(self) -> tuple[Node, ...]:
         return (self.anchor, *self.chain)
+
+    @property
+    def layers(self) -> tuple[Node, ...]:
+        """Every node the group's kernel computes: its nodes and the ones inlined into it."""
+        return (*self.nodes, *self.inlined)
 
     @property
     def output(self) -> Value:
@@ -46,26 +58,54 @@ def partition_graph(graph: Graph, is_elementwise: Callable[[Node], bool],
     model_outputs = {r.inputs[0] for r in graph.results}
     groups: list[Group] = []
     group_of: dict[int, int] = {}          # id(node) -> index into groups
+    pending: dict[int, tuple[Node, ...]] = {}  # id(consumer) -> the nodes inlined into it
+    ready: dict[int, int] = {}             # id(inlined node) -> the last group it reads
     for node in graph.nodes:
         if isinstance(node, (Constant, Parameter, Result)):
             continue
+        inlined = pending.pop(id(node), ())
         target = _fusion_target(graph, node, model_outputs, is_elementwise, group_of, groups,
-                                fusable_anchor)
+                                fusable_anchor, ready)
+        if target is None and _inlinable(graph, node, model_outputs, is_elementwise):
+            consumer = graph.consumers[node.outputs[0]][0][0]
+            pending[id(consumer)] = (*pending.get(id(consumer), ()), *inlined, node)
+            # computable once its inputs are: only a group after theirs may inline it
+            ready[id(node)] = max((ready.get(id(v.node), group_of.get(id(v.node), -1))
+                                   for v in node.inputs), default=-1)
+            continue
         if target is None:
             group_of[id(node)] = len(groups)
-            groups.append(Group(node))
+            groups.append(Group(node, inlined=inlined))
             continue
         index, port = target
         group = groups[index]
-        groups[index] = Group(group.anchor, (*group.chain, node), (*group.ports, port))
+        groups[index] = Group(group.anchor, (*group.chain, node), (*group.ports, port),
+                              (*group.inlined, *inlined))
         group_of[id(node)] = index
     return tuple(groups)
 
 
+def _inlinable(graph: Graph, node: Node, model_outputs: set[Value],
+               is_elementwise: Callable[[Node], bool]) -> bool:
+    """``node`` may be computed inside its single consumer's kernel (module docstring)."""
+    if not is_elementwise(node) or len(node.outputs) != 1:
+        return False
+    value = node.outputs[0]
+    consumers = graph.consumers.get(value, ())
+    if value in model_outputs or len(consumers) != 1:
+        return False
+    consumer = consumers[0][0]
+    if isinstance(consumer, Result) or not is_elementwise(consumer):
+        return False
+    if len(consumer.outputs) != 1 or sum(v == value for v in consumer.inputs) != 1:
+        return False
+    return consumer.outputs[0].shape == value.shape
+
+
 def _fusion_target(graph: Graph, node: Node, model_outputs: set[Value],
                    is_elementwise: Callable[[Node], bool], group_of: dict[int, int],
-                   groups: list[Group], fusable_anchor: Callable[[Node], bool]
-                   ) -> tuple[int, int] | None:
+                   groups: list[Group], fusable_anchor: Callable[[Node], bool],
+                   ready: dict[int, int]) -> tuple[int, int] | None:
     if not is_elementwise(node) or len(node.output_types) != 1:
         return None
     for port, value in enumerate(node.inputs):
@@ -81,7 +121,8 @@ def _fusion_target(graph: Graph, node: Node, model_outputs: set[Value],
             continue
         if not fusable_anchor(groups[index].anchor):
             continue
-        if any(group_of.get(id(v.node), -1) > index for v in node.inputs):
+        if any(ready.get(id(v.node), group_of.get(id(v.node), -1)) > index
+               for v in node.inputs):
             continue  # another input is computed after that group's kernel runs
         return index, port
     return None

@@ -22,8 +22,21 @@ import attrs
 from lowering import builder as lb
 from lowering.emitters import emit, is_elementwise, operand_shape
 from lowering.fusion import Group, partition_graph
-from lowering.loop_ir import (Broadcast, Buffer, Expr, FloatImm, IntImm, Kernel, Load, Ramp, Stmt, Var,
-                              contiguous_strides, from_dtype, vectorized)
+from lowering.loop_ir import (
+    Broadcast,
+    Buffer,
+    Expr,
+    FloatImm,
+    IntImm,
+    Kernel,
+    Load,
+    Ramp,
+    Stmt,
+    Var,
+    contiguous_strides,
+    from_dtype,
+    vectorized,
+)
 from lowering.program import Program, Step
 from lowering.target import Target
 from lowering.traversal import buffers_used
@@ -78,6 +91,7 @@ class LoweringContext:
         self.options = options
         self.buffers: dict[Value, Buffer] = {}
         self.model_outputs = {r.inputs[0]: i for i, r in enumerate(graph.results)}
+        self.inlined: dict[Value, Node] = {}   # values computed where they are loaded
         self._names: dict[str, int] = {}
 
     @property
@@ -133,11 +147,19 @@ class LoweringContext:
         return buffer
 
     def load(self, value: Value, indices: Sequence[Expr], lanes: int = 1,
-             shape: Sequence[int] | None = None) -> Expr:
+             shape: Sequence[int] | None = None, b: lb.KernelBuilder | None = None) -> Expr:
         """``value`` at output ``indices`` with numpy broadcasting (size-1 dims read index 0,
         missing leading dims are dropped); scalars are broadcast to ``lanes``.  ``shape``
         reads the value as another shape equal to its own but for size-1 dimensions (a
-        PReLU slope ``[C]`` as ``[1, C, 1, 1]``)."""
+        PReLU slope ``[C]`` as ``[1, C, 1, 1]``).
+
+        An inlined value (``fusion.partition_graph``: same shape as its consumer's output) is
+        computed here from loads of its own inputs; with ``b`` its operands are ``let``-bound."""
+        node = self.inlined.get(value)
+        if node is not None:
+            args = [self.load(v, indices, lanes, operand_shape(node, i), b)
+                    for i, v in enumerate(node.inputs)]
+            return emit(node, [_bound(b, a) for a in args] if b is not None else args)
         buffer = self.buffer(value)
         if shape is not None and tuple(shape) != buffer.shape:
             buffer = _unit_dims_view(buffer, tuple(shape))
@@ -172,7 +194,7 @@ class Epilogue:
         for node, port in zip(self.group.chain, self.group.ports):
             value = _bound(b, value)
             args = [value if i == port else
-                    self.ctx.load(v, indices, lanes, operand_shape(node, i))
+                    self.ctx.load(v, indices, lanes, operand_shape(node, i), b)
                     for i, v in enumerate(node.inputs)]
             value = emit(node, args)
         return value
@@ -209,7 +231,9 @@ def lower_graph_to_loops(graph: Graph, options: LoweringOptions | None = None) -
         ctx.bind(p.output, buffer)
         inputs.append(buffer)
     steps: list[Step] = []
-    for group in partition_graph(graph, is_elementwise, _fusable_anchor):
+    groups = partition_graph(graph, is_elementwise, _fusable_anchor)
+    ctx.inlined.update((node.outputs[0], node) for group in groups for node in group.inlined)
+    for group in groups:
         steps.extend(_lower_group(ctx, group))
     outputs, copies = _bind_outputs(ctx, graph)
     steps.extend(copies)
@@ -229,7 +253,7 @@ def _lower_group(ctx: LoweringContext, group: Group) -> list[Step]:
         output = ctx.new_buffer(group.output)
     epilogue = Epilogue(ctx, group, output)  # type: ignore[arg-type]
     kernels = fn(ctx, anchor, epilogue)
-    layers = tuple(n.origin for n in group.nodes)
+    layers = tuple(n.origin for n in group.layers)
     return [Step(k, layers) for k in kernels]
 
 
@@ -270,13 +294,13 @@ def lower_elementwise(ctx: LoweringContext, node: Node, epilogue: Epilogue) -> l
     indices: list[Expr] = []
     with loop_nest(b, shape, ctx.lanes, indices):
         lanes = 1
-        args = [_bound(b, ctx.load(v, indices, lanes, operand_shape(node, i)))
+        args = [_bound(b, ctx.load(v, indices, lanes, operand_shape(node, i), b))
                 for i, v in enumerate(node.inputs)]
         epilogue.store(b, indices, emit(node, args))
     return [make_kernel(b)]
 
 
-class loop_nest:  # noqa: N801  (used as a context manager, reads like a statement)
+class loop_nest:
     """``with loop_nest(b, shape, lanes, indices):`` opens one loop per dimension (the last
     ``vectorized(lanes)`` when it is long enough) and fills ``indices``."""
 
@@ -328,6 +352,17 @@ def _copy_kernel(ctx: LoweringContext, result: Result, source: Buffer, target: B
     return make_kernel(b)
 
 
-__all__ = ["LOWERINGS", "Epilogue", "LoweringContext", "LoweringOptions", "Ramp",
-           "kernel_builder", "lower_elementwise", "lower_graph_to_loops", "lowering",
-           "make_kernel", "Origin", "Parameter"]
+__all__ = [
+    "LOWERINGS",
+    "Epilogue",
+    "LoweringContext",
+    "LoweringOptions",
+    "Origin",
+    "Parameter",
+    "Ramp",
+    "kernel_builder",
+    "lower_elementwise",
+    "lower_graph_to_loops",
+    "lowering",
+    "make_kernel",
+]
