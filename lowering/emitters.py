@@ -32,6 +32,7 @@ from lowering.loop_ir import (
     u8,
     value_type,
 )
+from lowering.quant_forms import ConstantRange, LevelValues, constant_range, level_values
 from lowering.vector_math import gelu_erf
 from lpjit.errors import LoweringError
 from lpjit.graph import Node, Shape
@@ -379,9 +380,13 @@ def _fake_quantize(node: FakeQuantize, args: Sequence[Expr]) -> Expr:
     1. ``t = (x - il) / (ih - il) * (L-1)``; 2. ``q = round_half_even(t)``;
     3. ``y = q / (L-1) * (oh - ol) + ol``; 4. ``x > max(il, ih)`` -> ``oh``;
     5. ``x <= min(il, ih)`` -> ``ol`` (step 5 wins over step 4).  No fast-math: the division
-    must not become a reciprocal multiply, or results move across rounding ties.
+    must not become a reciprocal multiply, or results move across rounding ties.  Constant
+    per-tensor ranges take the shorter form of ``_fake_quantize_constant``.
     """
     x, il, ih, ol, oh = args
+    short = _fake_quantize_constant(node, x, il, ih, ol, oh)
+    if short is not None:
+        return short
     steps = imm(float(node.levels - 1), x)
     t = lb.binary("mul", lb.binary("div", lb.binary("sub", x, il), lb.binary("sub", ih, il)),
                   steps)
@@ -390,6 +395,46 @@ def _fake_quantize(node: FakeQuantize, args: Sequence[Expr]) -> Expr:
                   ol)
     y = Select(lb.gt(x, _fmax(il, ih)), oh, y)
     return Select(lb.le(x, _fmin(il, ih)), ol, y)
+
+
+def _fake_quantize_constant(node: FakeQuantize, x: Expr, il: Expr, ih: Expr, ol: Expr,
+                            oh: Expr) -> Expr | None:
+    """FakeQuantize with constant per-tensor ranges (``lowering.quant_forms``): the level
+    ``q`` clamped to ``[0, L-1]`` replaces the input-range selects (``min(L-1, max(0, t))``
+    keeps a NaN ``t``, so NaN still gives NaN); the output selects remain only where the
+    formula's value of level 0 / ``L-1`` is not ``ol`` / ``oh`` bit for bit."""
+    rng = constant_range(_constant_value(il), _constant_value(ih))
+    values = level_values(_constant_value(ol), _constant_value(oh), node.levels)
+    if rng is None or values is None or x.type.elem != f32:
+        return None
+    steps = imm(float(node.levels - 1), x)
+    q = _level_of(x, rng, steps)
+    q = lb.min_(steps, lb.max_(imm(0.0, x), q))
+    y = _level_value(lb.binary("div", q, steps), values, x, signed_zero=True)
+    if values.high_value is not None:      # the top level is two-valued: x > ih gives oh
+        y = Select(lb.gt(x, imm(rng.high, x)), imm(values.high_value, x), y)
+    if values.low_value is not None:
+        y = Select(lb.le(x, imm(rng.low, x)), imm(values.low_value, x), y)
+    return y
+
+
+def _level_of(x: Expr, rng: ConstantRange, steps: Expr) -> Expr:
+    """``round_half_even((x - il) / (ih - il) * (L-1))`` with the constants folded."""
+    shifted = x if rng.low == 0.0 else lb.binary("sub", x, imm(rng.low, x))
+    t = lb.binary("mul", lb.binary("div", shifted, imm(rng.width, x)), steps)
+    return lb.call("round_half_even", t)
+
+
+def _level_value(fraction: Expr, values: LevelValues, like: Expr,
+                 signed_zero: bool = False) -> Expr:
+    """``fraction * (oh - ol) + ol`` with the constants folded; ``+ 0.0`` is dropped when the
+    product cannot be ``-0.0`` (a ``fraction`` that may be ``-0.0``, ``signed_zero``, keeps it:
+    the clamp ``max(0, -0.0)`` returns ``-0.0``)."""
+    scaled = lb.binary("mul", fraction, imm(values.width, like))
+    if (values.low == 0.0 and not np.signbit(values.low) and values.width > 0
+            and not signed_zero):
+        return scaled
+    return lb.binary("add", scaled, imm(values.low, like))
 
 
 @emitter(lowp.Quantize)
@@ -401,13 +446,18 @@ def _quantize(node: lowp.Quantize, args: Sequence[Expr]) -> Expr:
     3. ``x > max(il, ih)`` -> ``L-1``; 4. ``x <= min(il, ih)`` -> 0 (wins over 3);
     5. clip to ``[0, L-1]`` (``max`` first: NaN, which fails every comparison, becomes 0);
        the integral value converts exactly.
+    With constant per-tensor ranges steps 3-4 follow from step 5 (``lowering.quant_forms``).
     """
     x, il, ih = args
     steps = imm(float(node.levels - 1), x)
-    t = lb.binary("mul", lb.binary("div", lb.binary("sub", x, il), lb.binary("sub", ih, il)),
-                  steps)
-    q = Select(lb.gt(x, _fmax(il, ih)), steps, lb.call("round_half_even", t))
-    q = Select(lb.le(x, _fmin(il, ih)), imm(0.0, x), q)
+    rng = constant_range(_constant_value(il), _constant_value(ih))
+    if rng is not None and x.type.elem == f32:
+        q = _level_of(x, rng, steps)
+    else:
+        t = lb.binary("mul", lb.binary("div", lb.binary("sub", x, il),
+                                       lb.binary("sub", ih, il)), steps)
+        q = Select(lb.gt(x, _fmax(il, ih)), steps, lb.call("round_half_even", t))
+        q = Select(lb.le(x, _fmin(il, ih)), imm(0.0, x), q)
     q = lb.min_(lb.max_(q, imm(0.0, x)), steps)
     return Cast(q, u8, "trunc")
 
@@ -416,10 +466,18 @@ def _quantize(node: lowp.Quantize, args: Sequence[Expr]) -> Expr:
 def _dequantize(node: lowp.Dequantize, args: Sequence[Expr]) -> Expr:
     """The float value of level index ``q`` (``lpjit.reference.lowp.dequantize``):
     1. ``y = f32(q) / (L-1) * (oh - ol) + ol``; 2. ``q == L-1`` -> ``oh``; ``q == 0`` ->
-    ``ol``."""
+    ``ol`` (constant ranges: only where the formula does not already give it)."""
     q, ol, oh = args
     value = Cast(q, ol.type.elem, "exact")
     steps = imm(float(node.levels - 1), value)
+    values = level_values(_constant_value(ol), _constant_value(oh), node.levels)
+    if values is not None and value.type.elem == f32:
+        y = _level_value(lb.binary("div", value, steps), values, value)
+        if values.high_value is not None:
+            y = Select(lb.eq(q, imm(node.levels - 1, q)), imm(values.high_value, value), y)
+        if values.low_value is not None:
+            y = Select(lb.eq(q, imm(0, q)), imm(values.low_value, value), y)
+        return y
     y = lb.binary("add", lb.binary("mul", lb.binary("div", value, steps),
                                    lb.binary("sub", oh, ol)), ol)
     y = Select(lb.eq(q, imm(node.levels - 1, q)), oh, y)
