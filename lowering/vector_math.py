@@ -8,6 +8,8 @@ vectorized loop stays vectorized, in float32 lanes.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from lowering import builder as lb
@@ -110,11 +112,12 @@ def gelu_erf(x: Expr) -> Expr:
     (tests/lowering/test_vector_math.py): within 5.7e-7 relative (9.5 float32 ulp) wherever
     the result is a normal float32, 3.9e-7 absolute.  ``x < -13.2`` gives ``-0`` (true
     values are below 1e-38; the reference's float64 ``1 + erf`` rounds to 0 below -8.3
-    already).  ``Gelu(inf) = inf``, ``Gelu(-inf) = -0`` (the reference's ``-inf * 0`` is
-    NaN), NaN stays NaN.
+    already).  ``Gelu(inf) = inf``; ``Gelu(-inf)`` is NaN like the reference's (and OpenVINO's)
+    ``-inf * 0``; NaN stays NaN.
     """
     # NaN |x| clamps to the bound (min is a compare-select); the product with x restores NaN.
     erfc = erfc_scaled(lb.min_(lb.call("abs", x), _c(_GELU_LARGEST, x)))
     one_plus_erf = lb.select(lb.lt(x, _c(0.0, x)), erfc, _c(2.0, x) - erfc)
     value = (x * _c(0.5, x)) * one_plus_erf
-    return lb.select(lb.lt(x, _c(-_GELU_LARGEST, x)), _c(-0.0, x), value)
+    value = lb.select(lb.lt(x, _c(-_GELU_LARGEST, x)), _c(-0.0, x), value)
+    return lb.select(lb.eq(x, _c(-math.inf, x)), _c(math.nan, x), value)
