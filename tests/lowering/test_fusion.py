@@ -1,0 +1,61 @@
+"""``partition_graph``'s inlining: an elementwise op whose only consumer is an elementwise op of
+the same shape is computed inside that consumer's kernel (the residual branch of a block)."""
+
+from __future__ import annotations
+
+import numpy as np
+from lowp_graphs import add, const, conv, graph, parameter, relu
+
+from lowering.emitters import is_elementwise
+from lowering.fusion import partition_graph
+from lowering.lower_graph import EPILOGUE_ANCHORS, LoweringOptions, lower_graph_to_loops
+from lowering.program_exec import llvm_compiler, run_program
+from lpjit import reference
+
+F32 = np.float32
+RNG = np.random.default_rng(7)
+
+
+def _fusable(node) -> bool:
+    return type(node) in EPILOGUE_ANCHORS or is_elementwise(node)
+
+
+def _residual_block(shared: bool = False):
+    x = parameter((1, 4, 6, 7), "x")
+    skip = parameter((1, 4, 6, 7), "skip")
+    weights = const(RNG.normal(0, 0.3, (4, 4, 3, 3)).astype(F32), "w")
+    branch = relu(skip.output, "skip_relu")
+    y = relu(add(conv(x.output, weights), branch, "residual"), "out_relu")
+    outputs = (y, add(branch, branch, "twice")) if shared else (y,)
+    return graph([x, skip], *outputs), [RNG.normal(0, 1, p) .astype(F32) for p in
+                                       [(1, 4, 6, 7), (1, 4, 6, 7)]]
+
+
+def test_residual_branch_is_inlined_into_the_conv_epilogue():
+    import lowering.ops  # noqa: F401  (registers the lowerings)
+
+    g, data = _residual_block()
+    groups = partition_graph(g, is_elementwise, _fusable)
+    assert [n.origin.name for n in groups[0].nodes] == ["conv", "residual", "out_relu"]
+    assert [n.origin.name for n in groups[0].inlined] == ["skip_relu"]
+    program = lower_graph_to_loops(g, LoweringOptions(threads=1))
+    assert len(program.steps) == 1
+    assert [o.name for o in program.steps[0].layers] == ["conv", "residual", "out_relu",
+                                                         "skip_relu"]
+    expected, = reference.run(g, data)
+    actual, = run_program(program, data, llvm_compiler)
+    np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_a_value_with_two_consumers_is_stored_not_inlined():
+    import lowering.ops  # noqa: F401
+
+    g, data = _residual_block(shared=True)
+    groups = partition_graph(g, is_elementwise, _fusable)
+    inlined = {n.origin.name for group in groups for n in group.inlined}
+    assert "skip_relu" not in inlined
+    assert any(group.anchor.origin.name == "skip_relu" for group in groups)
+    program = lower_graph_to_loops(g, LoweringOptions(threads=1))
+    for e, a in zip(reference.run(g, data), run_program(program, data, llvm_compiler),
+                    strict=True):
+        np.testing.assert_allclose(a, e, rtol=1e-5, atol=1e-6)
