@@ -251,6 +251,9 @@ def lower_q_depthwise(ctx: LoweringContext, node: Node, epilogue: Epilogue, g: C
     group = step.group
     packed = pack_depthwise_weights(weights, group)
     constant = ctx.constant(node.origin.name + "_weights", packed)
+    grid = Grid.of(g, ctx.lanes) if lean is not None else None
+    if grid is not None:
+        return _lower_grid(ctx, node, g, grid, constant, tables, step, lean, epilogue, parallel)
     registers = 32 if ctx.target.has_avx512 else 16
     plan = DepthwisePlan.of(g, ctx.lanes, registers, packed.shape[1] * packed.shape[2])
     b = kernel_builder(ctx, node)
@@ -275,6 +278,128 @@ def lower_q_depthwise(ctx: LoweringContext, node: Node, epilogue: Epilogue, g: C
         if out_h % plan.rows:
             writer.rows(full * plan.rows, out_h % plan.rows, plan)
     return make_kernel(b)
+
+
+@attrs.frozen
+class Grid:
+    """Stride-1 planes narrower than a vector: outputs on the grid ``q = oh * Wg + ow`` of the
+    padded input width ``Wg``, ``lanes`` consecutive positions per vector across rows.  Tap
+    ``(kh, kw)`` of position ``q`` reads byte ``q + kh*dh*Wg + kw*dw`` of the flat padded
+    plane, so a vector's taps are again one window per kernel row; the ``Wg - W`` junk
+    columns of each grid row are computed and dropped by the shuffles that store each output
+    row.  Chosen when it needs fewer vectors than ``width_vectors`` rows (widths 7, 14)."""
+
+    width: int
+    lanes: int
+    vectors: int
+
+    @classmethod
+    def of(cls, g: ConvGeometry, lanes: int) -> Grid | None:
+        out_h, out_w = g.out_spatial
+        if g.strides != (1, 1) or lanes < 8 or not 2 <= out_w < lanes:
+            return None
+        width = g.in_spatial[-1] + g.pads_begin[-1] + g.pads_end[-1]
+        vectors = -(-out_h * width // lanes)
+        by_rows = out_h * len(width_vectors(out_w, lanes))
+        return cls(width, lanes, vectors) if vectors < by_rows else None
+
+    def window(self, g: ConvGeometry) -> int:
+        return _pow2(self.lanes + (g.kernel[-1] - 1) * g.dilations[-1])
+
+    def plane_length(self, g: ConvGeometry) -> int:
+        """Bytes of the flat padded plane, with the reach of the last vector's windows."""
+        rows = g.in_spatial[0] + g.pads_begin[0] + g.pads_end[0]
+        reach = ((self.vectors - 1) * self.lanes + (g.kernel[0] - 1) * g.dilations[0]
+                 * self.width + self.window(g))
+        return max(rows * self.width, reach)
+
+    def zero_points(self, g: ConvGeometry, tables: EpilogueTables) -> np.ndarray:
+        """``[C, vectors * lanes]``: the zero-point term of every grid position (0 for junk
+        columns), from the per-border-class table."""
+        table = tables.zero_point.data
+        classes = tables.classes
+        out_h, out_w = g.out_spatial
+        grid = np.zeros((table.shape[1], self.vectors * self.lanes), np.float32)
+        for q in range(out_h * self.width):
+            oh, ow = divmod(q, self.width)
+            if ow < out_w:
+                grid[:, q] = table[classes.outer_of[oh], :, classes.width_of[ow]]
+        return grid
+
+
+def _pow2(n: int) -> int:
+    return 1 << (n - 1).bit_length()
+
+
+def _lower_grid(ctx: LoweringContext, node: Node, g: ConvGeometry, grid: Grid,
+                packed: Buffer, tables: EpilogueTables, step: DotStep, lean: LeanRequantize,
+                epilogue: Epilogue, parallel: bool) -> Kernel:
+    """The depthwise kernel on the grid (see ``Grid``), with the lean epilogue."""
+    b = kernel_builder(ctx, node)
+    name = node.origin.name
+    p = Buffer(ctx.name(name + "_padded"), u8, (g.batch, g.channels, grid.plane_length(g)),
+               role="scratch", alignment=64)
+    zero_points = ctx.constant(name + "_zero_point_grid", grid.zero_points(g, tables))
+    x = ctx.buffer(node.inputs[0])
+    count = g.batch * g.channels
+    lanes, group = grid.lanes, step.group
+    (kernel_h, kernel_w), (dh, dw) = g.kernel, g.dilations
+    with b.for_range(count, kind=loop_kind(parallel, count), name="nc") as t:
+        n, c = unravel(t, (g.batch, g.channels))
+        _grid_copy(b, g, grid, x, p, n, c)
+        results = []
+        for v in range(grid.vectors):
+            acc: Expr = lb.broadcast(0, lanes, i32)
+            for kh in range(kernel_h):
+                window = Load(p, (n, c, lb.ramp(v * lanes + kh * dh * grid.width,
+                                                grid.window(g))))
+                for tg in range(packed.shape[2]):
+                    indices = [j + ((tg * group + e) * dw if tg * group + e < kernel_w else 0)
+                               for j in range(lanes) for e in range(group)]
+                    last = 0 if group == 1 else lb.ramp(0, group)
+                    weight = replicate(Load(packed, (c, kh, tg, last)), lanes, group)
+                    acc = step.apply(acc, lb.shuffle(window, indices), weight)
+            value = (Cast(b.let(acc, "acc"), f32, "nearest")
+                     * lb.broadcast(Load(tables.step, (c,)), lanes, f32)
+                     + Load(zero_points, (c, lb.ramp(v * lanes, lanes))))
+            value = value * lb.broadcast(Load(tables.scale, (c,)), lanes, f32)
+            results.append(b.let(lean.apply(value, c, lanes), "q"))
+        out_h, out_w = g.out_spatial
+        for oh in range(out_h):
+            for start, size in _pieces(out_w, lanes):
+                positions = [oh * grid.width + start + j for j in range(size)]
+                used = sorted({q // lanes for q in positions})
+                indices = [used.index(q // lanes) * lanes + q % lanes for q in positions]
+                b.store(epilogue.output, (n, c, oh, _at(start, size)),
+                        lb.shuffle([results[u] for u in used], indices))
+    return make_kernel(b)
+
+
+def _at(start: Index, lanes: int) -> Index | Expr:
+    return start if lanes == 1 else lb.ramp(start, lanes)
+
+
+def _pieces(extent: int, widest: int) -> list[tuple[int, int]]:
+    """``(start, lanes)`` power-of-two pieces covering ``[0, extent)``, the last one shifted
+    back to end at ``extent``."""
+    lanes = min(widest, 1 << (extent.bit_length() - 1))
+    pieces = [(j * lanes, lanes) for j in range(extent // lanes)]
+    if extent % lanes:
+        pieces.append((extent - lanes, lanes))
+    return pieces
+
+
+def _grid_copy(b: lb.KernelBuilder, g: ConvGeometry, grid: Grid, x: Buffer, p: Buffer,
+               n: Index, c: Index) -> None:
+    """The flat padded plane: zeroed by whole vectors, then each input row stored over it at
+    ``(h + top) * Wg + left``."""
+    top, left = g.pads_begin
+    for start, size in _pieces(p.shape[-1], 64):
+        b.store(p, (n, c, _at(start, size)), lb.broadcast(0, size, u8))
+    with b.for_range(g.in_spatial[0], name="h") as h:
+        base = (h + top) * grid.width + left
+        for start, size in _pieces(g.in_spatial[1], 64):
+            b.store(p, (n, c, _at(base + start, size)), Load(x, (n, c, h, _at(start, size))))
 
 
 def _weight_vectors(b: lb.KernelBuilder, packed: Buffer, c: Index, plan: DepthwisePlan,

@@ -597,9 +597,35 @@ def test_q_depthwise_requantizing_epilogue(target, activation, quantize_range, l
     the reference's f32 formula) writes the reference's level indices bit for bit; values
     span the whole range, both clamps included."""
     channels = 3
-    node, params = q_conv((1, channels, 6, 21), RNG.integers(-128, 128, (channels, 1, 1, 3, 3)),
-                          (1, 1), (1, 1), per_channel=True, step=np.full(channels, 0.02),
-                          low=np.full(channels, -0.5), scale=np.full(channels, 0.01))
+    check_requantizing_depthwise((1, channels, 6, 21), (1, 1), (1, 1), {}, activation,
+                                 quantize_range, lean, target)
+
+
+@pytest.mark.parametrize("target", [HOST, AVX2, SSE], ids=lambda t: t.cpu)
+@pytest.mark.parametrize("shape, begin, end, extra", [
+    ((1, 3, 7, 7), (1, 1), (1, 1), {}),
+    ((1, 2, 14, 14), (1, 1), (1, 1), {}),
+    ((1, 2, 9, 8), (2, 0), (1, 2), {"dilations": (2, 2)}),
+], ids=["7x7", "14x14", "dilated_asymmetric"])
+def test_q_depthwise_grid(target, shape, begin, end, extra):
+    """Stride-1 planes narrower than a vector (8 lanes or more: not 14 wide on AVX2, none on
+    SSE, where rows and the lean epilogue run) run on the padded
+    grid (vectors across rows, the junk columns dropped when the rows are stored), with the
+    lean epilogue; bit-exact, borders included."""
+    program = check_requantizing_depthwise(shape, begin, end, extra, (0.0, 6.0), (0.0, 6.0),
+                                           True, target)
+    grid = any(c.name.endswith("_zero_point_grid") for c in program.constants)
+    assert grid == (program.outputs[0].shape[-1] < target.f32_lanes)
+
+
+def check_requantizing_depthwise(shape, begin, end, extra, activation, quantize_range, lean,
+                                 target) -> Program:
+    """Depthwise + bias + ReLU (``activation`` None) or Clamp + [Quantize] against the
+    reference; whether the lean epilogue ran (its per-channel bias constant)."""
+    channels = shape[1]
+    node, params = q_conv(shape, RNG.integers(-128, 128, (channels, 1, 1, 3, 3)),
+                          begin, end, per_channel=True, step=np.full(channels, 0.02),
+                          low=np.full(channels, -0.5), scale=np.full(channels, 0.01), **extra)
     y = add(node.output, _const(RNG.uniform(-0.5, 0.5, (1, channels, 1, 1)).astype(F32)))
     if activation is None:
         y = relu(y)
@@ -610,7 +636,7 @@ def test_q_depthwise_requantizing_epilogue(target, activation, quantize_range, l
         y = lowp.Quantize(origin=origin("requantize", "Quantize"),
                           inputs=(y, vector([quantize_range[0]]), vector([quantize_range[1]])),
                           levels=256).output
-    program = check(graph(params, y), [levels_like((1, channels, 6, 21))], target,
-                    numba=target is HOST)
+    program = check(graph(params, y), [levels_like(shape)], target, numba=target is HOST)
     lean_constants = [c for c in program.constants if "_lean" in c.name]
     assert bool(lean_constants) == lean
+    return program
