@@ -60,7 +60,11 @@ from lowering.loop_ir import (
     vectorized,
 )
 from lowering.lower_graph import Epilogue, LoweringContext, kernel_builder, make_kernel
-from lowering.ops.lowp_requantize import emit_fast_requantize, plan_fast_requantize
+from lowering.ops.lowp_requantize import (
+    Dequantized,
+    emit_fast_requantize,
+    plan_fast_requantize,
+)
 from lowering.ops.lowp_tiles import (
     EPILOGUE_PER_VECTOR,
     FORMULA_PER_VECTOR,
@@ -483,6 +487,9 @@ class FastTables:
     offset: Buffer
     low: Buffer | float
     high: Buffer | float
+    output: Dequantized | None = None
+    span: Buffer | float = 0.0          # [OC]: FakeQuantize's oh - ol (with ``output``)
+    out_low: Buffer | float = 0.0       # [OC]: its ol
 
     def value(self, field: str, load: Callable[[Buffer], Expr], lanes: int) -> Expr:
         """``field`` for one output vector: ``load(buffer)``, or the splat float."""
@@ -490,6 +497,14 @@ class FastTables:
         if isinstance(entry, Buffer):
             return load(entry)
         return lb.broadcast(as_expr(entry, f32), lanes, f32)
+
+    def dequantized(self, load: Callable[[Buffer], Expr], lanes: int
+                    ) -> tuple[Dequantized, Expr, Expr] | None:
+        """The ``output`` argument of ``emit_fast_requantize`` (``load`` reads an ``[OC]``
+        table for the vector's channels)."""
+        if self.output is None:
+            return None
+        return self.output, self.value("span", load, lanes), self.value("out_low", load, lanes)
 
 
 # Below this smallest per-channel tie distance, the limit stays per channel.
@@ -500,13 +515,14 @@ def fast_requantize_tables(ctx: LoweringContext, node: Node, epilogue: Epilogue,
                            g: ConvGeometry, weights: np.ndarray, tables: EpilogueTables,
                            lanes: int, by_class: bool = False) -> FastTables | None:
     """The fast requantizing epilogue's tables (``lowp_requantize``), or ``None``; with
-    ``by_class`` the per-class tables are ``[outer class, width class, OC]``."""
+    ``by_class`` (the channel layout) the per-class tables are ``[outer class, width class,
+    OC]`` and FakeQuantize outputs keep the exact chain (no gain measured there)."""
     from lowering.ops.lowp import max_level
 
     plan = plan_fast_requantize(epilogue, weights, tables.step.data, tables.scale.data,
                                 tables.zero_point.data, 2 + g.spatial_rank,
                                 max_level(node.inputs[0]), lanes)
-    if plan is None:
+    if plan is None or (by_class and plan.output is not None):
         return None
     name = node.origin.name
 
@@ -519,12 +535,22 @@ def fast_requantize_tables(ctx: LoweringContext, node: Node, epilogue: Epilogue,
         first = float(values.flat[0])
         return first if np.all(values == first) else table(values, suffix)
 
+    def channel_vector(values: np.ndarray, suffix: str) -> Buffer | float:
+        first = float(values[0])
+        same = np.array_equal(values.view(np.int32), np.full_like(values, first).view(np.int32))
+        return first if same else ctx.constant(f"{name}_{suffix}", values)
+
     limit = float(plan.limit.min())
+    output = plan.output
     return FastTables(ctx.constant(name + "_slope", plan.slope),
                       limit if limit >= SHARED_LIMIT else ctx.constant(name + "_limit",
                                                                         plan.limit),
                       table(plan.offset, "offset"), bound(plan.low, "qlow"),
-                      bound(plan.high, "qhigh"))
+                      bound(plan.high, "qhigh"), output,
+                      0.0 if output is None else channel_vector(output.span, "span"),
+                      0.0 if output is None else channel_vector(output.out_low, "out_low"))
+
+
 
 
 def reduction_steps(g: ConvGeometry, step: DotStep) -> int:
@@ -641,7 +667,8 @@ class _QConvWriter:
                 by_column(fast.offset), fast.value("low", by_column, lanes),
                 fast.value("high", by_column, lanes),
                 fast.value("limit", lambda t: per_channel(t, (channel,), lanes), lanes),
-                exact, lambda q: self.b.store(self.epilogue.output, index, q))
+                exact, lambda q: self.b.store(self.epilogue.output, index, q),
+                fast.dequantized(lambda t: per_channel(t, (channel,), lanes), lanes))
 
         emit_dot_tile(self.b, self.step, self.block_rows, columns.count, lanes, reduction,
                       g.kernel[-1], weights, activations, store, broadcast_is_activation=False)

@@ -184,7 +184,8 @@ class _ChannelWriter:
                 by_class(fast.offset), fast.value("low", by_class, lanes),
                 fast.value("high", by_class, lanes),
                 fast.value("limit", lambda t: Load(t, (channels,)), lanes), exact,
-                lambda q: self.b.store(self.epilogue.output, index, q))
+                lambda q: self.b.store(self.epilogue.output, index, q),
+                fast.dequantized(lambda t: Load(t, (channels,)), lanes))
 
         emit_dot_tile(self.b, self.step, self.rows, columns.count, lanes, reduction,
                       g.kernel[-1], activations, weights, store, broadcast_is_activation=True)

@@ -32,7 +32,9 @@ from lpjit.graph import Node, constant_value
 from lpjit.ops import activations as act
 from lpjit.ops import elementwise as elt
 from lpjit.ops import lowp
+from lpjit.ops.quantize import FakeQuantize
 from lpjit.reference import EVALUATORS
+from lpjit.reference.lowp import level_index
 
 F32 = np.float32
 # Give up (exact chain everywhere) when the fast form would serve fewer vectors than this.
@@ -53,6 +55,49 @@ class FastRequantize:
     low: np.ndarray
     high: np.ndarray
     limit: np.ndarray
+    output: Dequantized | None = None
+
+
+@attrs.frozen
+class Dequantized:
+    """A chain ending in FakeQuantize: its f32 value of level ``q`` is
+    ``(q / (L-1)) * span[oc] + out_low[oc]`` (the reference's steps; ``span = oh - ol`` in
+    f32), trusted for ``q < L-1`` (``x > ih`` gives ``oh`` there, the formula may not) and
+    for ``q == 0`` only when the formula gives ``ol`` bit for bit (``bottom``).
+    ``reciprocal``: multiplying by it equals dividing by ``L-1`` for every level."""
+
+    levels: int
+    span: np.ndarray
+    out_low: np.ndarray
+    bottom: bool
+    reciprocal: float | None
+
+    @classmethod
+    def of(cls, levels: int, out_low: np.ndarray, out_high: np.ndarray) -> Dequantized:
+        out_low, out_high = out_low.astype(F32), out_high.astype(F32)
+        span = out_high - out_low
+        steps = F32(levels - 1)
+        q = np.arange(levels, dtype=F32)
+        inverse = F32(1) / steps
+        reciprocal = float(inverse) if np.array_equal(q * inverse, q / steps) else None
+        zero = F32(0) / steps * span + out_low
+        bottom = bool(np.array_equal(zero.view(np.int32), out_low.view(np.int32)))
+        return cls(levels, span, out_low, bottom, reciprocal)
+
+    def trusted(self, q: Expr) -> Expr:
+        lanes = q.type.lanes
+        below_top = lb.lt(q, lb.broadcast(float(self.levels - 1), lanes, f32))
+        if self.bottom:
+            return below_top
+        return below_top & lb.gt(q, lb.broadcast(0.0, lanes, f32))
+
+    def value(self, q: Expr, span: Expr, out_low: Expr) -> Expr:
+        lanes = q.type.lanes
+        if self.reciprocal is not None:
+            fraction = q * lb.broadcast(self.reciprocal, lanes, f32)
+        else:
+            fraction = q / lb.broadcast(float(self.levels - 1), lanes, f32)
+        return fraction * span + out_low
 
 
 @attrs.frozen
@@ -64,6 +109,7 @@ class _Chain:
     slope: np.ndarray
     shift: np.ndarray
     levels: int
+    output: Dequantized | None = None
 
 
 def _per_channel(array: np.ndarray, rank: int, channels: int) -> np.ndarray | None:
@@ -82,10 +128,12 @@ def _chain(epilogue: Epilogue, rank: int, channels: int) -> _Chain | None:
     """The chain when it is monotone affine steps and clamps ending in a Quantize, with
     per-channel constant operands; else ``None``."""
     group = epilogue.group
-    if not group.chain or not isinstance(group.chain[-1], lowp.Quantize):
+    if not group.chain or not isinstance(group.chain[-1], (lowp.Quantize, FakeQuantize)):
         return None
     slope, shift = np.ones(channels), np.zeros(channels)
     steps: list[tuple[Node, int, list[np.ndarray]]] = []
+    quantize: tuple[int, np.ndarray, np.ndarray] | None = None
+    output = None
     for node, port in zip(group.chain, group.ports):
         others = [constant_value(v) for i, v in enumerate(node.inputs) if i != port]
         if any(c is None for c in others) or type(node) not in EVALUATORS:
@@ -102,12 +150,18 @@ def _chain(epilogue: Epilogue, rank: int, channels: int) -> _Chain | None:
                 slope, shift = slope * c, shift * c
             else:
                 shift = shift + c if isinstance(node, elt.Add) else shift - c
-        elif isinstance(node, lowp.Quantize):
-            low, high = wide
+        elif isinstance(node, (lowp.Quantize, FakeQuantize)):
+            low, high = wide[:2]
             if node is not group.chain[-1] or not np.all(low < high):
                 return None
             factor = (node.levels - 1) / (high - low)
             slope, shift = slope * factor, (shift - low) * factor
+            if isinstance(node, FakeQuantize):
+                if port != 0:
+                    return None
+                quantize = (node.levels, vectors[0].astype(F32), vectors[1].astype(F32))
+                output = Dequantized.of(node.levels, vectors[2], vectors[3])
+                break
         elif not isinstance(node, _CLAMPS):
             return None
         steps.append((node, port, vectors))
@@ -119,9 +173,12 @@ def _chain(epilogue: Epilogue, rank: int, channels: int) -> _Chain | None:
             with np.errstate(all="ignore"):
                 x = np.asarray(EVALUATORS[type(node)](node, *args))
             x = x.astype(node.output_types[0].dtype.numpy, copy=False)
+        if quantize is not None:            # FakeQuantize's level index (its step 5's q)
+            levels, low, high = quantize
+            x = level_index(x, low[oc], high[oc], levels)
         return x.astype(np.int64)
 
-    return _Chain(run, slope, shift, group.chain[-1].levels)
+    return _Chain(run, slope, shift, group.chain[-1].levels, output)
 
 
 @attrs.frozen
@@ -242,7 +299,8 @@ def plan_fast_requantize(epilogue: Epilogue, weights: np.ndarray, step: np.ndarr
     def table(values: np.ndarray) -> np.ndarray:
         return np.ascontiguousarray(values.reshape(channels, outer, width).transpose(1, 0, 2))
 
-    return FastRequantize(slope, table(offset), table(forms.low), table(forms.high), limit)
+    return FastRequantize(slope, table(offset), table(forms.low), table(forms.high), limit,
+                          chain.output)
 
 
 def _limits(forms: _Forms, levels: _Levels, start: np.ndarray, stop: np.ndarray,
@@ -273,20 +331,29 @@ def _limits(forms: _Forms, levels: _Levels, start: np.ndarray, stop: np.ndarray,
 
 def emit_fast_requantize(b: lb.KernelBuilder, acc: Expr, slope: Expr, offset: Expr, low: Expr,
                          high: Expr, limit: Expr, exact: Callable[[], None],
-                         store: Callable[[Expr], None]) -> None:
+                         store: Callable[[Expr], None],
+                         output: tuple[Dequantized, Expr, Expr] | None = None) -> None:
     """``store(u8 level indices)`` of the fast form when every lane is far enough from a
-    rounding tie (``|t - rint(t)| < limit``), else ``exact()`` (the group's epilogue)."""
+    rounding tie (``|t - rint(t)| < limit``), else ``exact()`` (the group's epilogue).  With
+    ``output`` (``Dequantized``, its span and out_low for this vector) the stored values are
+    FakeQuantize's f32 outputs, and lanes at untrusted levels also take the exact chain."""
     lanes = acc.type.lanes
     t = b.let(Cast(acc, f32, "nearest") * slope + offset, "t")
     rounded = b.let(lb.call("round_half_even", t), "rt")
-    distance = lb.call("abs", t - rounded)
-    near = Select(Compare("lt", distance, limit), lb.broadcast(0, lanes, i32),
-                  lb.broadcast(1, lanes, i32))
+    q = lb.min_(lb.max_(rounded, low), high)
+    sure = Compare("lt", lb.call("abs", t - rounded), limit)
+    if output is not None:
+        q = b.let(q, "q")
+        sure = sure & output[0].trusted(q)
+    near = Select(sure, lb.broadcast(0, lanes, i32), lb.broadcast(1, lanes, i32))
     unsure = ReduceLanes("max", near) if lanes > 1 else near
     with b.if_(lb.eq(unsure, 0)):
-        store(Cast(lb.min_(lb.max_(rounded, low), high), u8, "trunc"))
+        if output is None:
+            store(Cast(q, u8, "trunc"))
+        else:
+            store(output[0].value(q, output[1], output[2]))
     with b.else_():
         exact()
 
 
-__all__ = ["FastRequantize", "emit_fast_requantize", "plan_fast_requantize"]
+__all__ = ["Dequantized", "FastRequantize", "emit_fast_requantize", "plan_fast_requantize"]

@@ -144,3 +144,31 @@ def test_vectors_near_a_tie_take_the_exact_chain(monkeypatch, target):
     data = rng.integers(0, 256, shape).astype(np.uint8)
     actual = run_program(program, [data], compiler_for(target))[0]
     np.testing.assert_array_equal(actual, np.asarray(reference.run(g, [data])[0]))
+
+
+@pytest.mark.parametrize("target", [HOST, AVX2, SSE], ids=lambda t: t.cpu)
+@pytest.mark.parametrize("shape, kernel, out_low", [((1, 16, 5, 37), 1, -0.0),
+                                                    ((1, 24, 3, 4), 3, -2.0150604)])
+def test_fake_quantize_output_is_bit_exact(target, shape, kernel, out_low):
+    """QConvolution -> bias Add -> FakeQuantize (f32 values, as before a residual Add): the
+    fast form writes the dequantized values where its level is trusted; output equals the
+    reference bit for bit (signed zeros, a top level two-valued, clipped inputs)."""
+    from lpjit.ops.quantize import FakeQuantize
+
+    rng = np.random.default_rng(3)
+    weights = rng.integers(-128, 128, (1, 40, shape[1], kernel, kernel))
+    _, (added, _, _), x = requantized_conv(rng, shape, weights, (kernel // 2,) * 2)
+    ranges = [const(np.array([v], F32)) for v in (-1.0, 1.5, out_low, 1.9993179)]
+    y = FakeQuantize(origin=origin("fq", "FakeQuantize"), inputs=(added.output, *ranges),
+                     levels=256).output
+    g = graph([x], y)
+    program = lower_graph_to_loops(g, LoweringOptions(target=target, threads=1))
+    if kernel == 1:                       # the width layout (channels: the exact chain)
+        assert any("qconv_slope" in repr(s.kernel) for s in program.steps)
+    data = rng.integers(0, 256, shape).astype(np.uint8)
+    expected = np.asarray(reference.run(g, [data])[0])
+    actual = run_program(program, [data], compiler_for(target))[0]
+    np.testing.assert_array_equal(actual.view(np.int32), expected.view(np.int32))
+    if target is HOST:
+        np.testing.assert_array_equal(run_program(program, [data])[0].view(np.int32),
+                                      expected.view(np.int32))
