@@ -508,7 +508,7 @@ class FastTables:
 
 
 # Below this smallest per-channel tie distance, the limit stays per channel.
-SHARED_LIMIT = 0.45
+SHARED_LIMIT = 0.4995
 
 
 def fast_requantize_tables(ctx: LoweringContext, node: Node, epilogue: Epilogue,
