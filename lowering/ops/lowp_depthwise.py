@@ -346,19 +346,28 @@ def _lower_grid(ctx: LoweringContext, node: Node, g: ConvGeometry, grid: Grid,
     (kernel_h, kernel_w), (dh, dw) = g.kernel, g.dilations
     with b.for_range(count, kind=loop_kind(parallel, count), name="nc") as t:
         n, c = unravel(t, (g.batch, g.channels))
-        _grid_copy(b, g, grid, x, p, n, c)
+        flat = _flat_plane(x, x.name + "_plane")
+        registers = None
+        if flat is not None and grid.plane_length(g) <= MAX_REGISTER_PLANE:
+            registers = _register_plane(b, g, grid, flat, n, c)
+        else:
+            _grid_copy(b, g, grid, x, p, n, c)
         results = []
         for v in range(grid.vectors):
             acc: Expr = lb.broadcast(0, lanes, i32)
             for kh in range(kernel_h):
-                window = Load(p, (n, c, lb.ramp(v * lanes + kh * dh * grid.width,
-                                                grid.window(g))))
+                base = v * lanes + kh * dh * grid.width
+                window = Load(p, (n, c, lb.ramp(base, grid.window(g))))
                 for tg in range(packed.shape[2]):
                     indices = [j + ((tg * group + e) * dw if tg * group + e < kernel_w else 0)
                                for j in range(lanes) for e in range(group)]
                     last = 0 if group == 1 else lb.ramp(0, group)
                     weight = replicate(Load(packed, (c, kh, tg, last)), lanes, group)
-                    acc = step.apply(acc, lb.shuffle(window, indices), weight)
+                    if registers is None:
+                        taps = lb.shuffle(window, indices)
+                    else:
+                        taps = _pick(*registers, [base + i for i in indices])
+                    acc = step.apply(acc, taps, weight)
             value = (Cast(b.let(acc, "acc"), f32, "nearest")
                      * lb.broadcast(Load(tables.step, (c,)), lanes, f32)
                      + Load(zero_points, (c, lb.ramp(v * lanes, lanes))))
@@ -373,6 +382,73 @@ def _lower_grid(ctx: LoweringContext, node: Node, g: ConvGeometry, grid: Grid,
                 b.store(epilogue.output, (n, c, oh, _at(start, size)),
                         lb.shuffle([results[u] for u in used], indices))
     return make_kernel(b)
+
+
+# Padded planes up to this many bytes stay in registers (no store and reload of the copy).
+MAX_REGISTER_PLANE = 320
+
+
+def _flat_plane(buffer: Buffer, name: str) -> Buffer | None:
+    """A ``[N, C, H*W]`` view of a ``[N, C, H, W]`` buffer whose planes are contiguous."""
+    *outer, rows, width = buffer.shape
+    if buffer.strides[-1] != 1 or buffer.strides[-2] != width:
+        return None
+    return buffer.view(name, (*outer, rows * width), (*buffer.strides[:-2], 1))
+
+
+def _gather(vectors: list[Expr], indices: list[int]) -> Expr:
+    """``indices`` into the concatenation of ``vectors`` (of one type): a shuffle takes one or
+    two, so more are concatenated pairwise first (padded to a power of two)."""
+    vectors = list(vectors)
+    while len(vectors) > 2:
+        if len(vectors) % 2:
+            vectors.append(vectors[-1])
+        lanes = vectors[0].type.lanes
+        vectors = [lb.shuffle((vectors[i], vectors[i + 1]), list(range(2 * lanes)))
+                   for i in range(0, len(vectors), 2)]
+    return lb.shuffle(vectors, indices)
+
+
+def _pick(pieces: list[tuple[int, int]], values: list[Expr], positions: list[int]) -> Expr:
+    """Bytes ``positions`` of a plane held as ``pieces`` (start, lanes) with ``values``: a
+    shuffle of the (one or two) pieces they lie in."""
+    owners = [next(k for k, (start, lanes) in enumerate(pieces) if start <= q < start + lanes)
+              for q in positions]
+    used = sorted(set(owners))
+    lanes = pieces[0][1]
+    indices = [used.index(k) * lanes + q - pieces[k][0] for k, q in zip(owners, positions)]
+    return _gather([values[k] for k in used], indices)
+
+
+def _register_plane(b: lb.KernelBuilder, g: ConvGeometry, grid: Grid, x: Buffer, n: Index,
+                    c: Index) -> tuple[list[tuple[int, int]], list[Var]]:
+    """The flat padded plane as register pieces: the contiguous input plane loaded in a few
+    pieces, each piece of the padded plane a shuffle of them and zeros.  A copy through
+    memory would be reloaded at once by wider loads, which store forwarding cannot serve."""
+    height, width = g.in_spatial
+    top, left = g.pads_begin
+    inputs = _pieces(height * width, 64)
+    loaded = [b.let(Load(x, (n, c, _at(start, size))), "x") for start, size in inputs]
+    zero = lb.broadcast(0, inputs[0][1], u8)
+    pieces = _pieces(grid.plane_length(g), 64)
+    values = []
+    for start, lanes in pieces:
+        sources, indices = [], []
+        for position in range(start, start + lanes):
+            row, column = divmod(position, grid.width)
+            h, w = row - top, column - left
+            if 0 <= h < height and 0 <= w < width:
+                flat = h * width + w
+                k = next(k for k, (first, size) in enumerate(inputs) if flat < first + size)
+                source, lane = loaded[k], flat - inputs[k][0]
+            else:
+                source, lane = zero, 0
+            if not any(source is s for s in sources):
+                sources.append(source)
+            slot = next(i for i, s in enumerate(sources) if s is source)
+            indices.append(slot * inputs[0][1] + lane)
+        values.append(b.let(_gather(sources, indices), "p"))
+    return pieces, values
 
 
 def _at(start: Index, lanes: int) -> Index | Expr:

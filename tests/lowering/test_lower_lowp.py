@@ -606,12 +606,13 @@ def test_q_depthwise_requantizing_epilogue(target, activation, quantize_range, l
     ((1, 3, 7, 7), (1, 1), (1, 1), {}),
     ((1, 2, 14, 14), (1, 1), (1, 1), {}),
     ((1, 2, 9, 8), (2, 0), (1, 2), {"dilations": (2, 2)}),
-], ids=["7x7", "14x14", "dilated_asymmetric"])
+    ((1, 2, 30, 9), (1, 1), (1, 1), {}),
+], ids=["7x7", "14x14", "dilated_asymmetric", "tall_copied_plane"])
 def test_q_depthwise_grid(target, shape, begin, end, extra):
     """Stride-1 planes narrower than a vector (8 lanes or more: not 14 wide on AVX2, none on
-    SSE, where rows and the lean epilogue run) run on the padded
-    grid (vectors across rows, the junk columns dropped when the rows are stored), with the
-    lean epilogue; bit-exact, borders included."""
+    SSE, where rows and the lean epilogue run) run on the padded grid (vectors across rows,
+    the junk columns dropped when the rows are stored; the padded plane in registers, or
+    copied through memory when tall), with the lean epilogue; bit-exact, borders included."""
     program = check_requantizing_depthwise(shape, begin, end, extra, (0.0, 6.0), (0.0, 6.0),
                                            True, target)
     grid = any(c.name.endswith("_zero_point_grid") for c in program.constants)
