@@ -48,8 +48,8 @@ from lowering.codegen_ops import (
     emit_cast,
     emit_compare,
     emit_math,
-    mangle,
     llvm_type,
+    mangle,
     storage_type,
 )
 from lowering.kernel_fingerprint import KernelGroup, group_identical_kernels
