@@ -261,7 +261,8 @@ def plan_fast_requantize(epilogue: Epilogue, weights: np.ndarray, step: np.ndarr
     lo = max_activation * np.minimum(flat, 0).sum(axis=1)
     hi = max_activation * np.maximum(flat, 0).sum(axis=1)
     outer, _, width = zero_point.shape
-    zp = zero_point.transpose(1, 0, 2).reshape(channels, -1).astype(F32)     # [OC, classes]
+    every = zero_point.transpose(1, 0, 2).reshape(channels, -1).astype(F32)  # [OC, classes]
+    zp, column = _distinct_columns(every)       # classes with equal zero points plan once
     classes = zp.shape[1]
     slope = (step.astype(np.float64) * scale * chain.slope).astype(F32)
     offset = (zp.astype(np.float64) * (scale * chain.slope)[:, None]
@@ -297,10 +298,26 @@ def plan_fast_requantize(epilogue: Epilogue, weights: np.ndarray, step: np.ndarr
         return None
 
     def table(values: np.ndarray) -> np.ndarray:
+        values = np.take_along_axis(values, column, axis=1)
         return np.ascontiguousarray(values.reshape(channels, outer, width).transpose(1, 0, 2))
 
     return FastRequantize(slope, table(offset), table(forms.low), table(forms.high), limit,
                           chain.output)
+
+
+def _distinct_columns(table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's distinct values (bit patterns) ``[rows, D]`` (rows with fewer repeat their
+    smallest), and the column of ``table``'s every entry in it (``[rows, columns]``)."""
+    bits = table.view(np.int32)
+    order = np.argsort(bits, axis=1, kind="stable")
+    ordered = np.take_along_axis(bits, order, axis=1)
+    rank = np.cumsum(np.diff(ordered, axis=1, prepend=ordered[:, :1]) != 0, axis=1)
+    distinct = np.repeat(ordered[:, :1], rank.max(initial=0) + 1, axis=1)
+    rows = np.arange(table.shape[0])[:, None]
+    distinct[rows, rank] = ordered
+    column = np.empty_like(rank)
+    column[rows, order] = rank
+    return distinct.view(table.dtype), column
 
 
 def _limits(forms: _Forms, levels: _Levels, start: np.ndarray, stop: np.ndarray,

@@ -98,6 +98,38 @@ def test_fast_form_is_exact_wherever_it_is_taken():
         assert taken.mean() > 0.99
 
 
+def test_border_classes_sharing_zero_points_plan_once_and_map_back():
+    """Padded 3x3: classes whose zero points are equal share one plan, and every class's
+    table entries still give the exact level wherever the fast form is taken."""
+    rng = np.random.default_rng(11)
+    weights = rng.integers(-4, 5, (1, 16, 2, 3, 3))
+    weights[:, :4] = np.abs(weights[:, :4])     # border taps of some channels add zero
+    weights[:, :4, :, 0, :] = 0
+    conv, chain, _ = requantized_conv(rng, (1, 2, 5, 5), weights, (1, 1), ih=5.5)
+    epilogue = SimpleNamespace(group=Group(conv, chain, (0, 0, 0)))
+    g = q_conv_geometry(conv)
+    step = np.repeat(np.asarray(conv.inputs[3].node.data, F32), 16)
+    low = np.repeat(np.asarray(conv.inputs[4].node.data, F32), 16)
+    scale = np.asarray(conv.inputs[2].node.data, F32)
+    table = zero_point_table(weights.astype(np.int8), low, BorderClasses.of(g))
+    distinct = [np.unique(table[:, oc]).size for oc in range(16)]
+    assert 1 < min(distinct) < max(distinct) <= table[:, 0].size
+    plan = plan_fast_requantize(epilogue, weights, step, scale, table, 4, 255, 16)
+    assert plan is not None and plan.offset.shape == table.shape
+    flat = weights.reshape(16, -1)
+    lo, hi = 255 * np.minimum(flat, 0).sum(1), 255 * np.maximum(flat, 0).sum(1)
+    bias = np.asarray(chain[0].inputs[1].node.data, F32).reshape(-1)
+    for (o, oc, w), zp in np.ndenumerate(table):
+        acc = np.arange(lo[oc], hi[oc] + 1)
+        x = (acc.astype(F32) * step[oc] + zp) * scale[oc] + bias[oc]
+        expected = lowp_index(np.clip(x, F32(0), F32(6)), 5.5)
+        t = acc.astype(F32) * plan.slope[oc] + plan.offset[o, oc, w]
+        rounded = np.rint(t)
+        fast = np.clip(rounded, plan.low[o, oc, w], plan.high[o, oc, w])
+        taken = np.abs(t - rounded) < plan.limit[oc]
+        np.testing.assert_array_equal(fast[taken], expected[taken], err_msg=f"{o, oc, w}")
+
+
 def lowp_index(x: np.ndarray, high: float) -> np.ndarray:
     from lpjit.reference.lowp import level_index
     return level_index(x, F32(0), F32(high), 256).astype(F32)
