@@ -32,7 +32,20 @@ import attrs
 import numpy as np
 
 from lowering import builder as lb
-from lowering.loop_ir import UNROLLED, Buffer, Cast, Expr, Kernel, Load, Var, as_expr, f32, i32, u8
+from lowering.loop_ir import (
+    UNROLLED,
+    Buffer,
+    Cast,
+    Expr,
+    Kernel,
+    Load,
+    Select,
+    Var,
+    as_expr,
+    f32,
+    i32,
+    u8,
+)
 from lowering.lower_graph import Epilogue, LoweringContext, kernel_builder, make_kernel
 from lowering.ops.lowp_conv import BlockedCopy, EpilogueTables, first_lane, output_value
 from lowering.ops.lowp_tiles import DotStep, replicate
@@ -313,18 +326,44 @@ class Grid:
                  * self.width + self.window(g))
         return max(rows * self.width, reach)
 
-    def zero_points(self, g: ConvGeometry, tables: EpilogueTables) -> np.ndarray:
-        """``[C, vectors * lanes]``: the zero-point term of every grid position (0 for junk
-        columns), from the per-border-class table."""
-        table = tables.zero_point.data
+    def classes(self, g: ConvGeometry, tables: EpilogueTables, v: int
+                ) -> list[tuple[tuple[int, int], list[int]]]:
+        """The border classes ``(outer class, width class)`` of vector ``v``'s lanes and the
+        lanes of each, the most frequent first (junk columns go with it)."""
         classes = tables.classes
         out_h, out_w = g.out_spatial
-        grid = np.zeros((table.shape[1], self.vectors * self.lanes), np.float32)
-        for q in range(out_h * self.width):
-            oh, ow = divmod(q, self.width)
-            if ow < out_w:
-                grid[:, q] = table[classes.outer_of[oh], :, classes.width_of[ow]]
-        return grid
+        lanes: dict[tuple[int, int], list[int]] = {}
+        junk = []
+        for lane in range(self.lanes):
+            oh, ow = divmod(v * self.lanes + lane, self.width)
+            if oh < out_h and ow < out_w:
+                key = (int(classes.outer_of[oh]), classes.width_of[ow])
+                lanes.setdefault(key, []).append(lane)
+            else:
+                junk.append(lane)
+        ordered = sorted(lanes.items(), key=lambda item: -len(item[1]))
+        if not ordered:
+            return []
+        (first, first_lanes), *rest = ordered
+        return [(first, sorted(first_lanes + junk)), *rest]
+
+    def zero_point(self, g: ConvGeometry, tables: EpilogueTables, c: Index, v: int) -> Expr:
+        """The zero-point term of vector ``v``'s lanes: the per-channel value of each lane's
+        border class, by selects on constant lane masks (no per-position table)."""
+        def value(key: tuple[int, int]) -> Expr:
+            outer, width = key
+            return lb.broadcast(Load(tables.zero_point, (outer, c, width)), self.lanes, f32)
+
+        classes = self.classes(g, tables, v)
+        if not classes:
+            return lb.broadcast(0.0, self.lanes, f32)
+        result = value(classes[0][0])
+        ones, zeros = lb.broadcast(1, self.lanes, i32), lb.broadcast(0, self.lanes, i32)
+        for key, members in classes[1:]:
+            flags = lb.shuffle((zeros, ones), [self.lanes + j if j in members else j
+                                               for j in range(self.lanes)])
+            result = Select(lb.eq(flags, ones), value(key), result)
+        return result
 
 
 def _pow2(n: int) -> int:
@@ -339,7 +378,6 @@ def _lower_grid(ctx: LoweringContext, node: Node, g: ConvGeometry, grid: Grid,
     name = node.origin.name
     p = Buffer(ctx.name(name + "_padded"), u8, (g.batch, g.channels, grid.plane_length(g)),
                role="scratch", alignment=64)
-    zero_points = ctx.constant(name + "_zero_point_grid", grid.zero_points(g, tables))
     x = ctx.buffer(node.inputs[0])
     count = g.batch * g.channels
     lanes, group = grid.lanes, step.group
@@ -370,7 +408,7 @@ def _lower_grid(ctx: LoweringContext, node: Node, g: ConvGeometry, grid: Grid,
                     acc = step.apply(acc, taps, weight)
             value = (Cast(b.let(acc, "acc"), f32, "nearest")
                      * lb.broadcast(Load(tables.step, (c,)), lanes, f32)
-                     + Load(zero_points, (c, lb.ramp(v * lanes, lanes))))
+                     + grid.zero_point(g, tables, c, v))
             value = value * lb.broadcast(Load(tables.scale, (c,)), lanes, f32)
             results.append(b.let(lean.apply(value, c, lanes), "q"))
         out_h, out_w = g.out_spatial

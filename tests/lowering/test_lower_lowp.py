@@ -35,7 +35,7 @@ from lowering.lower_graph import LoweringOptions, lower_graph_to_loops
 from lowering.microkernels import DotI8Pairs, DotU8I8Quad, DotU8I8Saturating, Microkernel
 from lowering.ops.lowp import integer_kernels, max_level, q_conv_schedule
 from lowering.ops.lowp_conv import BorderClasses, pack_q_conv_weights, q_conv_geometry
-from lowering.ops.lowp_depthwise import width_vectors
+from lowering.ops.lowp_depthwise import Grid, width_vectors
 from lowering.ops.lowp_tiles import DotStep, choose_dot_step, integer_tile, saturation_proof
 from lowering.program import Program
 from lowering.program_exec import llvm_compiler, run_program
@@ -615,8 +615,16 @@ def test_q_depthwise_grid(target, shape, begin, end, extra):
     copied through memory when tall), with the lean epilogue; bit-exact, borders included."""
     program = check_requantizing_depthwise(shape, begin, end, extra, (0.0, 6.0), (0.0, 6.0),
                                            True, target)
-    grid = any(c.name.endswith("_zero_point_grid") for c in program.constants)
-    assert grid == (program.outputs[0].shape[-1] < target.f32_lanes)
+    narrow = program.outputs[0].shape[-1] < target.f32_lanes
+    assert (Grid.of(grid_geometry(shape, begin, end, extra), target.f32_lanes) is not None
+            ) == (narrow and target.f32_lanes >= 8)
+
+
+def grid_geometry(shape, begin, end, extra):
+    """The geometry of a depthwise 3x3 ``QConvolution`` on ``shape``."""
+    node, _ = q_conv(shape, np.ones((shape[1], 1, 1, 3, 3)), begin, end, per_channel=True,
+                     **extra)
+    return q_conv_geometry(node)
 
 
 def check_requantizing_depthwise(shape, begin, end, extra, activation, quantize_range, lean,
