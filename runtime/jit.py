@@ -57,6 +57,22 @@ LLVM_OPTIONS = ("-dse-memoryssa-walklimit=16",)
 """LLVM command-line options set once per process (module docstring)."""
 
 
+# libgomp's threads spin this many rounds at a barrier before sleeping (its default, 300000,
+# is milliseconds).  Inside an inference the next parallel loop starts within microseconds, so a
+# short spin keeps the team hot; a longer one burns the CPU time the scheduler then withholds
+# when another process shares the cores, and every barrier waits a time slice for the
+# descheduled thread (MobileNetV2 INT8, 2 threads, one core busy elsewhere: 704 ms per inference
+# with libgomp's default, 1.9 ms with this; bench/README.md).
+GOMP_SPIN_COUNT = 20000
+
+
+def _default_spin_count(environ) -> None:
+    """Set ``GOMP_SPINCOUNT`` before libgomp reads its environment, unless the user chose a
+    wait policy (``OMP_WAIT_POLICY`` or ``GOMP_SPINCOUNT``)."""
+    if "OMP_WAIT_POLICY" not in environ and "GOMP_SPINCOUNT" not in environ:
+        environ["GOMP_SPINCOUNT"] = str(GOMP_SPIN_COUNT)
+
+
 @functools.cache
 def initialize_llvm() -> bool:
     """Initialise LLVM's native target once, set ``LLVM_OPTIONS``; load libgomp.  Returns
@@ -74,6 +90,7 @@ def initialize_llvm() -> bool:
                 break
             except RuntimeError:
                 continue
+    _default_spin_count(os.environ)
     for candidate in (ctypes.util.find_library("gomp"), "libgomp.so.1"):
         if not candidate:
             continue

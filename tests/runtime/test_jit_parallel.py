@@ -84,3 +84,29 @@ def test_integer_parallel_reduction_per_row(engine):
     out = np.zeros(50, np.int32)
     function(data, out, threads=2)
     np.testing.assert_array_equal(out, data.sum(axis=1))
+
+
+def test_spin_count_default_respects_the_users_wait_policy():
+    """libgomp's spin is shortened only when the user set neither OMP_WAIT_POLICY nor
+    GOMP_SPINCOUNT; the value reaches libgomp (read when it loads, in a fresh process)."""
+    import os
+    import subprocess
+    import sys
+
+    from runtime.jit import GOMP_SPIN_COUNT, _default_spin_count
+
+    env: dict[str, str] = {}
+    _default_spin_count(env)
+    assert env == {"GOMP_SPINCOUNT": str(GOMP_SPIN_COUNT)}
+    for chosen in ({"OMP_WAIT_POLICY": "passive"}, {"GOMP_SPINCOUNT": "7"}):
+        env = dict(chosen)
+        _default_spin_count(env)
+        assert env == chosen
+    probe = ("import os; from runtime.jit import initialize_llvm; ok = initialize_llvm(); "
+             "maps = open('/proc/self/maps').read(); "
+             "print(os.environ.get('GOMP_SPINCOUNT'), ok and 'libgomp' in maps)")
+    clean = {k: v for k, v in os.environ.items()
+             if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    out = subprocess.run([sys.executable, "-c", probe], env=clean, capture_output=True,
+                         text=True, check=True).stdout.split()
+    assert out == [str(GOMP_SPIN_COUNT), "True"]
