@@ -23,6 +23,7 @@ from lowering import builder as lb
 from lowering.emitters import emit, is_elementwise, operand_shape
 from lowering.fusion import Group, partition_graph
 from lowering.loop_ir import (
+    PARALLEL,
     Broadcast,
     Buffer,
     Expr,
@@ -286,13 +287,19 @@ def kernel_builder(ctx: LoweringContext, node: Node, suffix: str = "") -> lb.Ker
     return lb.KernelBuilder(ctx.name(node.origin.name + suffix), origin=node.origin)
 
 
+# A stand-alone elementwise kernel this small runs on one thread: waking the team costs more.
+PARALLEL_ELEMENTWISE_MIN = 1 << 16
+
+
 def lower_elementwise(ctx: LoweringContext, node: Node, epilogue: Epilogue) -> list[Kernel]:
     """A stand-alone elementwise op (plus its fused chain): one loop nest over the output,
-    the innermost dimension vectorized."""
+    the innermost dimension vectorized, the first outer dimension longer than one in parallel
+    when the output has at least ``PARALLEL_ELEMENTWISE_MIN`` elements (``threads != 1``)."""
     shape = node.output_types[0].shape
     b = kernel_builder(ctx, node)
     indices: list[Expr] = []
-    with loop_nest(b, shape, ctx.lanes, indices):
+    parallel = ctx.options.threads != 1 and _numel(shape) >= PARALLEL_ELEMENTWISE_MIN
+    with loop_nest(b, shape, ctx.lanes, indices, parallel=parallel):
         lanes = 1
         args = [_bound(b, ctx.load(v, indices, lanes, operand_shape(node, i), b))
                 for i, v in enumerate(node.inputs)]
@@ -300,19 +307,31 @@ def lower_elementwise(ctx: LoweringContext, node: Node, epilogue: Epilogue) -> l
     return [make_kernel(b)]
 
 
+def _numel(shape: Sequence[int]) -> int:
+    count = 1
+    for extent in shape:
+        count *= extent
+    return count
+
+
 class loop_nest:
     """``with loop_nest(b, shape, lanes, indices):`` opens one loop per dimension (the last
-    ``vectorized(lanes)`` when it is long enough) and fills ``indices``."""
+    ``vectorized(lanes)`` when it is long enough; with ``parallel``, the first outer one longer
+    than one iteration ``PARALLEL``) and fills ``indices``."""
 
     def __init__(self, b: lb.KernelBuilder, shape: Sequence[int], lanes: int,
-                 indices: list[Expr]) -> None:
+                 indices: list[Expr], parallel: bool = False) -> None:
         self.b, self.shape, self.lanes, self.indices = b, tuple(shape), lanes, indices
+        self.parallel = parallel
         self._contexts: list = []
 
     def __enter__(self) -> list[Expr]:
+        parallel = self.parallel
         for axis, extent in enumerate(self.shape):
             last = axis == len(self.shape) - 1
             kind = vectorized(self.lanes) if last and extent >= self.lanes else lb.SERIAL
+            if parallel and not last and extent > 1:
+                kind, parallel = PARALLEL, False
             cm = self.b.for_range(extent, kind=kind, name="ijklmnop"[axis % 8])
             self.indices.append(cm.__enter__())
             self._contexts.append(cm)

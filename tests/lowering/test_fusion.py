@@ -59,3 +59,29 @@ def test_a_value_with_two_consumers_is_stored_not_inlined():
     for e, a in zip(reference.run(g, data), run_program(program, data, llvm_compiler),
                     strict=True):
         np.testing.assert_allclose(a, e, rtol=1e-5, atol=1e-6)
+
+
+def test_large_standalone_elementwise_kernels_run_in_parallel():
+    """A stand-alone elementwise kernel of >= 2^16 elements gets a PARALLEL outer loop when
+    threads are allowed (same results on 1 and 2 threads); a small one, or threads=1, none."""
+    from lowering.loop_ir import For
+    from lowering.lower_graph import PARALLEL_ELEMENTWISE_MIN
+
+    def parallel_loops(program) -> int:
+        from lowering.traversal import walk
+
+        return sum(1 for s in program.steps for n in walk(s.kernel.body)
+                   if isinstance(n, For) and n.kind.name == "parallel")
+
+    for shape, expected in (((1, 32, 48, 48), 1), ((1, 4, 8, 8), 0)):
+        x = parameter(shape, "x")
+        g = graph([x], relu(x.output))
+        data = [RNG.normal(0, 1, shape).astype(F32)]
+        assert (np.prod(shape) >= PARALLEL_ELEMENTWISE_MIN) == bool(expected)
+        outputs = []
+        for threads, loops in ((2, expected), (1, 0)):
+            program = lower_graph_to_loops(g, LoweringOptions(threads=threads))
+            assert parallel_loops(program) == loops
+            outputs.append(run_program(program, data, llvm_compiler)[0])
+        np.testing.assert_array_equal(outputs[0], outputs[1])
+        np.testing.assert_array_equal(outputs[0], np.maximum(data[0], 0))
