@@ -61,6 +61,7 @@ from lowering.loop_ir import (
 )
 from lowering.lower_graph import Epilogue, LoweringContext, kernel_builder, make_kernel
 from lowering.ops.lowp_requantize import (
+    DeferredExact,
     Dequantized,
     emit_fast_requantize,
     plan_fast_requantize,
@@ -639,40 +640,49 @@ class _QConvWriter:
                     zip(outer, ks[1:1 + inner], g.strides, g.dilations)]
             return self.source.vector((n, group, ks[0]), rows, columns.start(v), tap, lanes)
 
-        def store(r: Expr, v: Expr, acc: Expr) -> None:
+        def channel_of(r: Expr) -> Expr:
             first = block_first(block, self.block_rows, g.group_out)
-            channel = add(add(mul(group, g.group_out), first), r)
-            start = columns.start(v)
+            return add(add(mul(group, g.group_out), first), r)
 
-            def exact() -> None:
-                value = self.b.let(output_value(self.b, self.tables, acc, channel,
-                                                outer_class, start, lanes), "y")
-                if stored == lanes:
-                    index = (n, channel, *outer, vector_index(start, lanes))
-                    self.epilogue.store(self.b, index, value)
-                else:
-                    self.epilogue.store(self.b, (n, channel, *outer, start), first_lane(value))
+        def exact(r: Expr, v: Expr, acc: Expr) -> None:
+            channel, start = channel_of(r), columns.start(v)
+            value = self.b.let(output_value(self.b, self.tables, acc, channel,
+                                            outer_class, start, lanes), "y")
+            if stored == lanes:
+                index = (n, channel, *outer, vector_index(start, lanes))
+                self.epilogue.store(self.b, index, value)
+            else:
+                self.epilogue.store(self.b, (n, channel, *outer, start), first_lane(value))
 
-            if self.fast is None or stored != lanes:
-                exact()
+        fast = self.fast if stored == lanes else None
+        deferred = (DeferredExact.open(self.b, self.block_rows, columns.count, lanes)
+                    if fast is not None else None)
+
+        def store(r: Expr, v: Expr, acc: Expr) -> None:
+            if fast is None:
+                exact(r, v, acc)
                 return
-            fast, classes = self.fast, self.tables.classes
+            classes, channel, start = self.tables.classes, channel_of(r), columns.start(v)
             index = (n, channel, *outer, vector_index(start, lanes))
 
             def by_column(table: Buffer) -> Expr:
                 return per_column(table, classes, outer_class, channel, start, lanes)
 
+            kept = self.b.let(acc, "acc")
             emit_fast_requantize(
-                self.b, self.b.let(acc, "acc"), per_channel(fast.slope, (channel,), lanes),
+                self.b, kept, per_channel(fast.slope, (channel,), lanes),
                 by_column(fast.offset), fast.value("low", by_column, lanes),
                 fast.value("high", by_column, lanes),
                 fast.value("limit", lambda t: per_channel(t, (channel,), lanes), lanes),
-                exact, lambda q: self.b.store(self.epilogue.output, index, q),
+                (lambda: exact(r, v, acc)) if deferred is None
+                else lambda: deferred.defer(self.b, r, v, kept),
+                lambda q: self.b.store(self.epilogue.output, index, q),
                 fast.dequantized(lambda t: per_channel(t, (channel,), lanes), lanes))
 
         emit_dot_tile(self.b, self.step, self.block_rows, columns.count, lanes, reduction,
                       g.kernel[-1], weights, activations, store, broadcast_is_activation=False)
-
+        if deferred is not None:
+            deferred.finish(self.b, exact)
 
 __all__ = ["BorderClasses", "EpilogueTables", "conv_weight_pairs", "emit_blocked_copy",
            "epilogue_tables", "lower_q_conv", "pack_q_conv_weights", "q_conv_geometry",

@@ -40,7 +40,7 @@ from lowering.ops.lowp_conv import (
     padded_channels,
 )
 from lowering.ops.lowp_matmul import column_cover, panel_columns, remainder_columns
-from lowering.ops.lowp_requantize import emit_fast_requantize
+from lowering.ops.lowp_requantize import DeferredExact, emit_fast_requantize
 from lowering.ops.lowp_tiles import DotStep, emit_dot_tile
 from lowering.ops.nn_conv import ConvGeometry
 from lowering.ops.nn_schedules import RegisterTile
@@ -158,37 +158,47 @@ class _ChannelWriter:
             index = vector_index(v * (lanes * grouping), lanes * grouping)
             return Load(self.weights, (group, panel, *ks, tap, index))
 
-        def store(r: Expr, v: Expr, acc: Expr) -> None:
+        def exact(r: Expr, v: Expr, acc: Expr) -> None:
             *outer, ow = pixel(r)
             channel = add(mul(group, g.group_out), columns.start(v))
+            value = self.b.let(self.value(acc, outer, ow, channel, lanes), "y")
+            if stored == lanes:
+                index = (n, vector_index(channel, lanes), *outer, ow)
+                self.epilogue.store(self.b, index, value)
+            else:
+                self.epilogue.store(self.b, (n, channel, *outer, ow), first_lane(value))
 
-            def exact() -> None:
-                value = self.b.let(self.value(acc, outer, ow, channel, lanes), "y")
-                if stored == lanes:
-                    index = (n, vector_index(channel, lanes), *outer, ow)
-                    self.epilogue.store(self.b, index, value)
-                else:
-                    self.epilogue.store(self.b, (n, channel, *outer, ow), first_lane(value))
+        fast = self.fast if stored == lanes else None
+        deferred = (DeferredExact.open(self.b, self.rows, columns.count, lanes)
+                    if fast is not None else None)
 
-            if self.fast is None or stored != lanes:
-                exact()
+        def store(r: Expr, v: Expr, acc: Expr) -> None:
+            if fast is None:
+                exact(r, v, acc)
                 return
-            fast, channels = self.fast, vector_index(channel, lanes)
+            *outer, ow = pixel(r)
+            channels = vector_index(add(mul(group, g.group_out), columns.start(v)), lanes)
             outer_class, width = self.pixel_classes(outer, ow)
             index = (n, channels, *outer, ow)
+
             def by_class(table: Buffer) -> Expr:
                 return Load(table, (outer_class, width, channels))
 
+            kept = self.b.let(acc, "acc")
             emit_fast_requantize(
-                self.b, self.b.let(acc, "acc"), Load(fast.slope, (channels,)),
+                self.b, kept, Load(fast.slope, (channels,)),
                 by_class(fast.offset), fast.value("low", by_class, lanes),
                 fast.value("high", by_class, lanes),
-                fast.value("limit", lambda t: Load(t, (channels,)), lanes), exact,
+                fast.value("limit", lambda t: Load(t, (channels,)), lanes),
+                (lambda: exact(r, v, acc)) if deferred is None
+                else lambda: deferred.defer(self.b, r, v, kept),
                 lambda q: self.b.store(self.epilogue.output, index, q),
                 fast.dequantized(lambda t: Load(t, (channels,)), lanes))
 
         emit_dot_tile(self.b, self.step, self.rows, columns.count, lanes, reduction,
                       g.kernel[-1], activations, weights, store, broadcast_is_activation=True)
+        if deferred is not None:
+            deferred.finish(self.b, exact)
 
     def pixel_classes(self, outer: Sequence[Index], ow: Index) -> tuple[Expr, Expr]:
         """The outer and width border classes of an output pixel."""

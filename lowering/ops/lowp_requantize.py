@@ -26,8 +26,22 @@ import attrs
 import numpy as np
 
 from lowering import builder as lb
-from lowering.loop_ir import Cast, Compare, Expr, ReduceLanes, Select, f32, i32, u8
+from lowering.loop_ir import (
+    Buffer,
+    Cast,
+    Compare,
+    Expr,
+    ReduceLanes,
+    Select,
+    Var,
+    as_expr,
+    f32,
+    i32,
+    i64,
+    u8,
+)
 from lowering.lower_graph import Epilogue
+from lowering.ops.nn_tiles import vector_index
 from lpjit.graph import Node, constant_value
 from lpjit.ops import activations as act
 from lpjit.ops import elementwise as elt
@@ -373,4 +387,49 @@ def emit_fast_requantize(b: lb.KernelBuilder, acc: Expr, slope: Expr, offset: Ex
         exact()
 
 
-__all__ = ["Dequantized", "FastRequantize", "emit_fast_requantize", "plan_fast_requantize"]
+# A tile's unsure vectors are marked in one i64 mask.
+MAX_DEFERRED = 63
+
+
+@attrs.frozen
+class DeferredExact:
+    """The exact chain of a ``rows x vectors`` register tile's unsure output vectors, run after
+    the tile in a loop over them: emitted once per tile, not once per vector.  ``defer(r, v,
+    acc)`` (what an unsure vector does) keeps the accumulator in ``spill`` and sets bit
+    ``r * vectors + v`` of ``mask``; ``finish(exact)`` calls ``exact(r, v, acc)`` for each
+    set bit.  The vectors of a tile store disjoint outputs, so the order does not matter."""
+
+    spill: Buffer
+    mask: Var
+    rows: int
+    vectors: int
+    lanes: int
+
+    @classmethod
+    def open(cls, b: lb.KernelBuilder, rows: int, vectors: int, lanes: int
+             ) -> DeferredExact | None:
+        """The spill tile and the cleared mask (before the tile), or ``None`` when the tile
+        has more vectors than the mask has bits."""
+        if rows * vectors > MAX_DEFERRED:
+            return None
+        spill = b.allocate("spill", i32, (rows, vectors * lanes))
+        return cls(spill, b.local(as_expr(0, i64), "unsure"), rows, vectors, lanes)
+
+    def _bit(self, r: Expr, v: Expr) -> Expr:
+        return r * self.vectors + v
+
+    def defer(self, b: lb.KernelBuilder, r: Expr, v: Expr, acc: Expr) -> None:
+        """Keep vector ``(r, v)``'s accumulator for ``finish``."""
+        b.store(self.spill, (r, vector_index(v * self.lanes, self.lanes)), acc)
+        b.assign(self.mask, self.mask | (as_expr(1, i64) << self._bit(r, v)))
+
+    def finish(self, b: lb.KernelBuilder, exact: Callable[[Expr, Expr, Expr], None]) -> None:
+        """``exact(r, v, acc)`` for every deferred vector (after the tile)."""
+        with b.if_(lb.compare("ne", self.mask, 0)), \
+                b.for_range(self.rows, name="xr") as r, \
+                b.for_range(self.vectors, name="xv") as v, \
+                b.if_(lb.compare("ne", (self.mask >> self._bit(r, v)) & 1, 0)):
+            exact(r, v, self.spill[(r, vector_index(v * self.lanes, self.lanes))])
+
+
+__all__ = ["DeferredExact", "Dequantized", "FastRequantize", "emit_fast_requantize", "plan_fast_requantize"]

@@ -158,21 +158,33 @@ def test_requantized_convolution_is_bit_exact(target, shape, kernel, pads):
 
 
 @pytest.mark.parametrize("target", [HOST, AVX2], ids=lambda t: t.cpu)
-def test_vectors_near_a_tie_take_the_exact_chain(monkeypatch, target):
-    """With a zero limit every vector is 'near a tie': the exact chain writes all of them."""
+@pytest.mark.parametrize("shape, layout", [((1, 16, 4, 21), "lowp_conv"),
+                                           ((1, 16, 3, 3), "lowp_conv_channels")])
+@pytest.mark.parametrize("unsure", ["all", "some"])
+def test_vectors_near_a_tie_take_the_exact_chain(monkeypatch, target, shape, layout, unsure):
+    """With a zero limit every vector is 'near a tie' (or, with a zero limit on every third
+    channel, some vectors of each tile): the exact chain, run after the tile for the vectors
+    it deferred, writes them; in both layouts."""
+    import importlib
+
     import attrs
 
-    from lowering.ops import lowp_conv
+    from lowering.ops import lowp_conv, lowp_requantize
 
     plan = lowp_conv.plan_fast_requantize
+    limit = np.zeros(40, F32) if unsure == "all" else np.where(np.arange(40) % 3, 1, 0)
     monkeypatch.setattr(lowp_conv, "plan_fast_requantize", lambda *a: attrs.evolve(
-        plan(*a), limit=np.zeros(40, F32)))
+        plan(*a), limit=limit.astype(F32)))
+    writer = importlib.import_module(f"lowering.ops.{layout}")
+    tiles = []
+    monkeypatch.setattr(writer, "DeferredExact", SimpleNamespace(open=lambda *a: tiles.append(
+        lowp_requantize.DeferredExact.open(*a)) or tiles[-1]))
     rng = np.random.default_rng(5)
-    shape = (1, 16, 4, 21)
     _, chain, x = requantized_conv(rng, shape, rng.integers(-128, 128, (1, 40, 16, 1, 1)),
                                    (0, 0), ih=3.0)
     g = graph([x], chain[-1].output)
     program = lower_graph_to_loops(g, LoweringOptions(target=target, threads=1))
+    assert tiles and all(tiles)
     data = rng.integers(0, 256, shape).astype(np.uint8)
     actual = run_program(program, [data], compiler_for(target))[0]
     np.testing.assert_array_equal(actual, np.asarray(reference.run(g, [data])[0]))
