@@ -92,8 +92,14 @@ def _float_mod(c: OpContext, a: ir.Value, b: ir.Value) -> ir.Value:
 
 
 def _signed_floor(c: OpContext, a: ir.Value, b: ir.Value, want_mod: bool) -> ir.Value:
-    """Floor division/modulo from truncating ``sdiv``/``srem``."""
+    """Floor division/modulo from truncating ``sdiv``/``srem``; just those when the builder
+    knows ``a >= 0`` and ``b > 0`` (and ``a`` itself or 0 when also ``a < b``)."""
     bld, zero = c.builder, constant(a.type, 0)
+    known = _nonnegative_by_positive(bld, a, b)
+    if known is not None:
+        if known:
+            return a if want_mod else zero
+        return bld.srem(a, b) if want_mod else bld.sdiv(a, b)
     r = bld.srem(a, b)
     adjust = bld.and_(bld.icmp_signed("!=", r, zero),
                       bld.icmp_signed("<", bld.xor(r, b), zero))
@@ -101,6 +107,19 @@ def _signed_floor(c: OpContext, a: ir.Value, b: ir.Value, want_mod: bool) -> ir.
         return bld.select(adjust, bld.add(r, b), r)
     q = bld.sdiv(a, b)
     return bld.select(adjust, bld.sub(q, constant(a.type, 1)), q)
+
+
+def _nonnegative_by_positive(bld: ir.IRBuilder, a: ir.Value, b: ir.Value) -> bool | None:
+    """For scalar integers on a builder that tracks ranges (``value_numbering``): None
+    unless ``a >= 0`` and ``b`` is a constant ``> 0``; else whether ``a < b`` too."""
+    range_of = getattr(bld, "range_of", None)
+    if range_of is None or type(a.type) is not ir.IntType:
+        return None
+    divisor, span = range_of(b), range_of(a)
+    if divisor is None or span is None or divisor[0] != divisor[1] or divisor[0] <= 0 \
+            or span[0] < 0:
+        return None
+    return span[1] < divisor[0]
 
 
 Emitter = Callable[[OpContext, ir.Value, ir.Value], ir.Value]

@@ -136,6 +136,20 @@ def test_floor_division_of_a_non_negative_index_is_plain_sdiv():
     assert b.range_of(quotient) == (0, 14) and b.range_of(remainder) == (0, 6)
 
 
+def test_floor_division_below_the_divisor_emits_nothing():
+    """With ``i`` in [0, 6], ``i floordiv 7`` is 0 and ``i mod 7`` is ``i``: no instruction
+    (nothing emitted and removed again); a negative divisor keeps the correction."""
+    fn, b = function(I64)
+    i = fn.args[0]
+    b.assume_range(i, 0, 6)
+    context = OpContext(b, fn.module)
+    assert scalar_int(SIGNED_BINARY["floordiv"](context, i, ir.Constant(I64, 7))) == 0
+    assert SIGNED_BINARY["mod"](context, i, ir.Constant(I64, 7)) is i
+    assert instructions(fn) == []
+    SIGNED_BINARY["floordiv"](context, i, ir.Constant(I64, -7))
+    assert "select" in instructions(fn)
+
+
 def test_floor_division_of_an_unknown_value_keeps_the_correction():
     fn, b = function(I64)
     SIGNED_BINARY["floordiv"](OpContext(b, fn.module), fn.args[0], ir.Constant(I64, 7))
