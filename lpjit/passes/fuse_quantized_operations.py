@@ -15,6 +15,8 @@ lowering fuses that chain into the kernel's epilogue.
 
 from __future__ import annotations
 
+import weakref
+
 import numpy as np
 
 from lpjit import dtypes
@@ -44,8 +46,21 @@ def _input_channels_per_group(node: nn.ConvolutionBase) -> int:
     return weights[2] if isinstance(node, nn.GroupConvolution) else weights[1]
 
 
+_FOLDED: weakref.WeakKeyDictionary[Node, IntegerWeights | str] = weakref.WeakKeyDictionary()
+"""``_integer_weights`` of each live node (nodes are immutable: the decomposition and this
+pass ask for the same weights several times, and folding them checks every product)."""
+
+
 def _integer_weights(node: Node) -> IntegerWeights | str:
-    """``node``'s weights folded for its Q op, or the reason they cannot be."""
+    """``node``'s weights folded for its Q op, or the reason they cannot be (computed once
+    per node)."""
+    folded = _FOLDED.get(node)
+    if folded is None:
+        folded = _FOLDED[node] = _fold_weights(node)
+    return folded
+
+
+def _fold_weights(node: Node) -> IntegerWeights | str:
     match = match_weights(node.inputs[1])
     if match is None:
         return f"the weights of {node.origin.describe()} are not quantized"
@@ -256,12 +271,10 @@ class _Fuser:
                 return self._record(match, _compressed(node, match))
             return None
         assert isinstance(match, QuantizedWeights)
-        if isinstance(node, nn.MatMul):
-            folded = integer_matmul_weights(match, node.transpose_b)
-            assert not isinstance(folded, str)
-            return _q_matmul(node, folded, levels)
-        folded = integer_convolution_weights(match, node)
+        folded = _integer_weights(node)         # the weights of ``match``, folded already
         assert not isinstance(folded, str)
+        if isinstance(node, nn.MatMul):
+            return _q_matmul(node, folded, levels)
         return _q_convolution(node, folded, levels)
 
     def _activation_matmul(self, node: nn.MatMul, a: LevelRange, b: LevelRange) -> Node | None:
