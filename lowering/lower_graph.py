@@ -93,6 +93,7 @@ class LoweringContext:
         self.buffers: dict[Value, Buffer] = {}
         self.model_outputs = {r.inputs[0]: i for i, r in enumerate(graph.results)}
         self.inlined: dict[Value, Node] = {}   # values computed where they are loaded
+        self.order = {id(n): i for i, n in enumerate(graph.nodes)}
         self._names: dict[str, int] = {}
 
     @property
@@ -253,9 +254,12 @@ def _lower_group(ctx: LoweringContext, group: Group) -> list[Step]:
     if type(anchor) in EPILOGUE_ANCHORS or fn is lower_elementwise:
         output = ctx.new_buffer(group.output)
     epilogue = Epilogue(ctx, group, output)  # type: ignore[arg-type]
-    kernels = fn(ctx, anchor, epilogue)
-    layers = tuple(n.origin for n in group.layers)
-    return [Step(k, layers) for k in kernels]
+    nodes = sorted(group.layers, key=lambda n: ctx.order[id(n)])   # in graph order
+    if fn is lower_elementwise:   # named after its first op, inlined or not
+        kernels = lower_elementwise(ctx, anchor, epilogue, named=nodes[0])
+    else:
+        kernels = fn(ctx, anchor, epilogue)
+    return [Step(k, tuple(n.origin for n in nodes)) for k in kernels]
 
 
 def make_kernel(b: lb.KernelBuilder) -> Kernel:
@@ -291,12 +295,14 @@ def kernel_builder(ctx: LoweringContext, node: Node, suffix: str = "") -> lb.Ker
 PARALLEL_ELEMENTWISE_MIN = 1 << 16
 
 
-def lower_elementwise(ctx: LoweringContext, node: Node, epilogue: Epilogue) -> list[Kernel]:
+def lower_elementwise(ctx: LoweringContext, node: Node, epilogue: Epilogue,
+                      named: Node | None = None) -> list[Kernel]:
     """A stand-alone elementwise op (plus its fused chain): one loop nest over the output,
     the innermost dimension vectorized, the first outer dimension longer than one in parallel
-    when the output has at least ``PARALLEL_ELEMENTWISE_MIN`` elements (``threads != 1``)."""
+    when the output has at least ``PARALLEL_ELEMENTWISE_MIN`` elements (``threads != 1``).
+    The kernel takes its name and origin from ``named`` (default ``node``)."""
     shape = node.output_types[0].shape
-    b = kernel_builder(ctx, node)
+    b = kernel_builder(ctx, named or node)
     indices: list[Expr] = []
     parallel = ctx.options.threads != 1 and _numel(shape) >= PARALLEL_ELEMENTWISE_MIN
     with loop_nest(b, shape, ctx.lanes, indices, parallel=parallel):
