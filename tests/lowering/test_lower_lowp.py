@@ -16,6 +16,7 @@ import functools
 
 import numpy as np
 import pytest
+from cpu_targets import AVX2, HOST, SSE, compiler_for
 from lowp_graphs import (
     add,
     conv,
@@ -47,37 +48,10 @@ from lpjit.graph import Graph, Value
 from lpjit.ops import activations, lowp
 from lpjit.passes.low_precision import apply_low_precision
 from lpjit.reference.lowp import integer_convolution
-from runtime.jit import CPU_FEATURES, CPUCodegen, JitEngine, JitLibrary, TargetSpec
+from runtime.jit import JitEngine
 
 RNG = np.random.default_rng(44)
-HOST = Target.host()
-AVX2 = Target("znver3", CPU_FEATURES["znver3"])
-SSE = Target("x86-64", CPU_FEATURES["x86-64"])
 F32 = np.float32
-
-
-class TargetJit(CPUCodegen):
-    """A JIT for a named CPU (its code runs on this host: a subset of its features)."""
-
-    library_class = JitLibrary
-    _jit = True
-
-
-@functools.cache
-def _jit(cpu: str) -> TargetJit:
-    return TargetJit(TargetSpec.for_cpu(cpu))
-
-
-def compiler_for(target: Target):
-    """LLVM one kernel at a time, compiled for ``target``'s CPU."""
-    if target is HOST:
-        return llvm_compiler
-
-    def compile_kernel(kernel: Kernel):
-        library = _jit(target.cpu).compile_kernels([kernel])
-        return functools.partial(library.get_function(kernel.name), threads=1)
-
-    return compile_kernel
 
 
 def lower(g: Graph, target: Target = HOST, threads: int = 1) -> Program:

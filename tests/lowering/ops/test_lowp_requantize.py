@@ -3,50 +3,24 @@ the reference's level index for every accumulator; convolutions using it stay bi
 
 from __future__ import annotations
 
-import functools
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from cpu_targets import AVX2, HOST, SSE, compiler_for
 from lowp_graphs import const, graph, origin, parameter
 
 from lowering.fusion import Group
 from lowering.lower_graph import LoweringOptions, lower_graph_to_loops
 from lowering.ops.lowp_conv import BorderClasses, q_conv_geometry, zero_point_table
 from lowering.ops.lowp_requantize import plan_fast_requantize
-from lowering.program_exec import llvm_compiler, run_program
-from lowering.target import Target
+from lowering.program_exec import run_program
 from lpjit import dtypes, reference
 from lpjit.ops import activations as act
 from lpjit.ops import elementwise as elt
 from lpjit.ops import lowp
-from runtime.jit import CPU_FEATURES, CPUCodegen, JitLibrary, TargetSpec
 
 F32 = np.float32
-HOST = Target.host()
-AVX2 = Target("znver3", CPU_FEATURES["znver3"])
-SSE = Target("x86-64", CPU_FEATURES["x86-64"])
-
-
-class TargetJit(CPUCodegen):
-    library_class = JitLibrary
-    _jit = True
-
-
-@functools.cache
-def _jit(cpu: str) -> TargetJit:
-    return TargetJit(TargetSpec.for_cpu(cpu))
-
-
-def compiler_for(target: Target):
-    if target is HOST:
-        return llvm_compiler
-
-    def compile_kernel(kernel):
-        library = _jit(target.cpu).compile_kernels([kernel])
-        return functools.partial(library.get_function(kernel.name), threads=1)
-
-    return compile_kernel
 
 
 def requantized_conv(rng, data_shape, weights, pads, il=0.0, ih=6.0, levels=256):
