@@ -12,13 +12,21 @@ The last two steps overlap: a big program is emitted in parts, and the codegen's
 ``ParallelCompiler`` optimises (and, for the JIT, compiles to machine code) each part on its
 worker threads while ``lower_program_to_llvm`` emits the next; ``compile_llvm`` then waits
 for the parts, compiles the entry point and loads everything.
+
+Python's cyclic garbage collector is paused while a graph compiles (``paused_collection``):
+lowering allocates millions of short-lived objects (loop-IR nodes, llvmlite values) and
+almost none of them is garbage until the end, yet the collector walked the growing heap again
+and again: 0.8 of 3.8 s of the main thread's CPU time on ResNet-18 INT8, for 65 MB more peak
+memory without it.  It is restored (and runs as usual) when the compile returns or fails.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import gc
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TypeVar
 
@@ -158,7 +166,25 @@ def compile_graph(graph: Graph, options: CompileOptions = CompileOptions(),
     """Compile ``graph`` for the host: the whole pipeline (module docstring).  ``codegen``
     replaces the host JIT (``lpjit.export`` passes an ``AotCodegen``; ``options.target``
     must then describe the same CPU)."""
-    runner = runner or PassRunner()
+    with paused_collection():
+        return _compile_graph(graph, options, runner or PassRunner(), codegen)
+
+
+@contextlib.contextmanager
+def paused_collection() -> Iterator[None]:
+    """Python's cyclic garbage collector is off inside the block, as before after it (module
+    docstring)."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def _compile_graph(graph: Graph, options: CompileOptions, runner: PassRunner,
+                   codegen: CPUCodegen | None) -> Compilation:
     graph, precision = run_low_precision_passes(graph, options, runner)
     for graph_pass in GRAPH_PASSES:
         graph = runner.run_graph_pass(graph_pass, graph, options)

@@ -3,6 +3,7 @@ graph printer and verifier."""
 
 from __future__ import annotations
 
+import gc
 import re
 from pathlib import Path
 
@@ -92,6 +93,29 @@ def test_runner_records_times_dumps_and_reports_progress(tmp_path: Path) -> None
     with pytest.raises(VerificationError, match="odd"):
         runner.run("three", lambda: 3, verifier=_even)
     assert [r.name for r in runner.records] == ["square", "three"]
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_compile_graph_pauses_the_garbage_collector_and_restores_it(enabled: bool) -> None:
+    """The collector is off during every step and as it was afterwards, also on failure."""
+    seen = []
+    runner = PassRunner(progress=lambda name, index, record: seen.append(gc.isenabled()))
+    was = gc.isenabled()
+    try:
+        gc.enable() if enabled else gc.disable()
+        compile_graph(small_graph(), CompileOptions(threads=1), runner)
+        assert gc.isenabled() is enabled
+        failing = PassRunner(progress=lambda name, index, record: _fail(name))
+        with pytest.raises(VerificationError, match="stop at"):
+            compile_graph(small_graph(), CompileOptions(threads=1), failing)
+        assert gc.isenabled() is enabled
+    finally:
+        gc.enable() if was else gc.disable()
+    assert len(seen) >= 10 and not any(seen)
+
+
+def _fail(name: str) -> None:
+    raise VerificationError(f"stop at {name}")
 
 
 def _even(value: int) -> None:
