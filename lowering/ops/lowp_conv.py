@@ -491,6 +491,7 @@ class FastTables:
     output: Dequantized | None = None
     span: Buffer | float = 0.0          # [OC]: FakeQuantize's oh - ol (with ``output``)
     out_low: Buffer | float = 0.0       # [OC]: its ol
+    checked: Buffer | bool = True       # [OC] i32: whether the tie test runs (``tie_flags``)
 
     def value(self, field: str, load: Callable[[Buffer], Expr], lanes: int) -> Expr:
         """``field`` for one output vector: ``load(buffer)``, or the splat float."""
@@ -506,6 +507,26 @@ class FastTables:
         if self.output is None:
             return None
         return self.output, self.value("span", load, lanes), self.value("out_low", load, lanes)
+
+    def check(self, load: Callable[[Buffer], Expr]) -> Expr | bool:
+        """``emit_fast_requantize``'s ``checked`` for one output vector (``load`` reads the
+        scalar flag of its channel, or of its first channel in the channel layout)."""
+        return load(self.checked) if isinstance(self.checked, Buffer) else self.checked
+
+
+def tie_flags(limit: np.ndarray, lanes: int, by_vector: bool) -> np.ndarray | bool:
+    """Which output vectors need the fast form's tie test: those holding a channel with a
+    limit below 1 (an accumulator where the fast form differs; 1 means none).  ``True`` or
+    ``False`` when all or none do, else an i32 flag per channel; ``by_vector`` (the channel
+    layout): per first channel ``c`` of a vector, for the channels ``c .. c+lanes-1``."""
+    needs = limit < 1
+    if needs.all() or not needs.any():
+        return bool(needs.all())
+    if by_vector:
+        ends = np.concatenate([[0], np.cumsum(needs)])
+        stops = np.minimum(np.arange(needs.size) + lanes, needs.size)
+        needs = ends[stops] > ends[:needs.size]
+    return needs.astype(np.int32)
 
 
 # Below this smallest per-channel tie distance, the limit stays per channel.
@@ -543,13 +564,15 @@ def fast_requantize_tables(ctx: LoweringContext, node: Node, epilogue: Epilogue,
 
     limit = float(plan.limit.min())
     output = plan.output
+    flags = tie_flags(plan.limit, lanes, by_class)
     return FastTables(ctx.constant(name + "_slope", plan.slope),
                       limit if limit >= SHARED_LIMIT else ctx.constant(name + "_limit",
                                                                         plan.limit),
                       table(plan.offset, "offset"), bound(plan.low, "qlow"),
                       bound(plan.high, "qhigh"), output,
                       0.0 if output is None else channel_vector(output.span, "span"),
-                      0.0 if output is None else channel_vector(output.out_low, "out_low"))
+                      0.0 if output is None else channel_vector(output.out_low, "out_low"),
+                      flags if isinstance(flags, bool) else ctx.constant(name + "_checked", flags))
 
 
 
@@ -677,7 +700,8 @@ class _QConvWriter:
                 (lambda: exact(r, v, acc)) if deferred is None
                 else lambda: deferred.defer(self.b, r, v, kept),
                 lambda q: self.b.store(self.epilogue.output, index, q),
-                fast.dequantized(lambda t: per_channel(t, (channel,), lanes), lanes))
+                fast.dequantized(lambda t: per_channel(t, (channel,), lanes), lanes),
+                fast.check(lambda t: Load(t, (channel,))))
 
         emit_dot_tile(self.b, self.step, self.block_rows, columns.count, lanes, reduction,
                       g.kernel[-1], weights, activations, store, broadcast_is_activation=False)

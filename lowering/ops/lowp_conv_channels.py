@@ -193,7 +193,8 @@ class _ChannelWriter:
                 (lambda: exact(r, v, acc)) if deferred is None
                 else lambda: deferred.defer(self.b, r, v, kept),
                 lambda q: self.b.store(self.epilogue.output, index, q),
-                fast.dequantized(lambda t: Load(t, (channels,)), lanes))
+                fast.dequantized(lambda t: Load(t, (channels,)), lanes),
+                fast.check(lambda t: Load(t, (add(mul(group, g.group_out), columns.start(v)),))))
 
         emit_dot_tile(self.b, self.step, self.rows, columns.count, lanes, reduction,
                       g.kernel[-1], activations, weights, store, broadcast_is_activation=True)

@@ -363,26 +363,47 @@ def _limits(forms: _Forms, levels: _Levels, start: np.ndarray, stop: np.ndarray,
 def emit_fast_requantize(b: lb.KernelBuilder, acc: Expr, slope: Expr, offset: Expr, low: Expr,
                          high: Expr, limit: Expr, exact: Callable[[], None],
                          store: Callable[[Expr], None],
-                         output: tuple[Dequantized, Expr, Expr] | None = None) -> None:
+                         output: tuple[Dequantized, Expr, Expr] | None = None,
+                         checked: Expr | bool = True) -> None:
     """``store(u8 level indices)`` of the fast form when every lane is far enough from a
     rounding tie (``|t - rint(t)| < limit``), else ``exact()`` (the group's epilogue).  With
     ``output`` (``Dequantized``, its span and out_low for this vector) the stored values are
-    FakeQuantize's f32 outputs, and lanes at untrusted levels also take the exact chain."""
-    lanes = acc.type.lanes
+    FakeQuantize's f32 outputs, and lanes at untrusted levels also take the exact chain.
+
+    ``checked`` says whether the vector's channels have accumulators where the fast form
+    differs (a limit below 1): ``True``, ``False`` (the fast form is stored without the tie
+    test), or a scalar known at run time (a branch around the test, taken alike by all the
+    vectors of a channel).  It applies without ``output`` only (that form always tests)."""
     t = b.let(Cast(acc, f32, "nearest") * slope + offset, "t")
     rounded = b.let(lb.call("round_half_even", t), "rt")
-    q = lb.min_(lb.max_(rounded, low), high)
-    sure = Compare("lt", lb.call("abs", t - rounded), limit)
+    q = b.let(lb.min_(lb.max_(rounded, low), high), "q")
+    trusted, value = None, Cast(q, u8, "trunc")
     if output is not None:
-        q = b.let(q, "q")
-        sure = sure & output[0].trusted(q)
+        trusted, value, checked = output[0].trusted(q), output[0].value(q, *output[1:]), True
+    if checked is False:
+        store(value)
+        return
+    if checked is True:
+        _test_ties(b, t, rounded, limit, trusted, exact, lambda: store(value))
+        return
+    with b.if_(lb.eq(checked, 0)):
+        store(value)
+    with b.else_():
+        _test_ties(b, t, rounded, limit, trusted, exact, lambda: store(value))
+
+
+def _test_ties(b: lb.KernelBuilder, t: Expr, rounded: Expr, limit: Expr, trusted: Expr | None,
+               exact: Callable[[], None], fast: Callable[[], None]) -> None:
+    """``fast()`` when every lane has ``|t - rint(t)| < limit`` (and is ``trusted``), else
+    ``exact()``."""
+    lanes = t.type.lanes
+    sure = Compare("lt", lb.call("abs", t - rounded), limit)
+    if trusted is not None:
+        sure = sure & trusted
     near = Select(sure, lb.broadcast(0, lanes, i32), lb.broadcast(1, lanes, i32))
     unsure = ReduceLanes("max", near) if lanes > 1 else near
     with b.if_(lb.eq(unsure, 0)):
-        if output is None:
-            store(Cast(q, u8, "trunc"))
-        else:
-            store(output[0].value(q, output[1], output[2]))
+        fast()
     with b.else_():
         exact()
 

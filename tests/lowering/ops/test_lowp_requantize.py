@@ -12,7 +12,7 @@ from lowp_graphs import const, graph, origin, parameter
 
 from lowering.fusion import Group
 from lowering.lower_graph import LoweringOptions, lower_graph_to_loops
-from lowering.ops.lowp_conv import BorderClasses, q_conv_geometry, zero_point_table
+from lowering.ops.lowp_conv import BorderClasses, q_conv_geometry, tie_flags, zero_point_table
 from lowering.ops.lowp_requantize import plan_fast_requantize
 from lowering.program_exec import run_program
 from lpjit import dtypes, reference
@@ -159,6 +159,8 @@ def test_vectors_near_a_tie_take_the_exact_chain(monkeypatch, target, shape, lay
     g = graph([x], chain[-1].output)
     program = lower_graph_to_loops(g, LoweringOptions(target=target, threads=1))
     assert tiles and all(tiles)
+    flags = any("qconv_checked" in repr(s.kernel) for s in program.steps)
+    assert flags == (unsure == "some")
     data = rng.integers(0, 256, shape).astype(np.uint8)
     actual = run_program(program, [data], compiler_for(target))[0]
     np.testing.assert_array_equal(actual, np.asarray(reference.run(g, [data])[0]))
@@ -190,3 +192,13 @@ def test_fake_quantize_output_is_bit_exact(target, shape, kernel, out_low):
     if target is HOST:
         np.testing.assert_array_equal(run_program(program, [data])[0].view(np.int32),
                                       expected.view(np.int32))
+
+
+def test_tie_test_runs_only_for_vectors_of_channels_with_exceptions():
+    """A limit of 1 (no accumulator where the fast form differs) needs no tie test: flags per
+    channel, per vector's first channel in the channel layout, or one answer for all."""
+    limit = np.array([1, 0.4999, 1, 1, 0, 1], F32)
+    np.testing.assert_array_equal(tie_flags(limit, 2, by_vector=False), [0, 1, 0, 0, 1, 0])
+    np.testing.assert_array_equal(tie_flags(limit, 2, by_vector=True), [1, 1, 0, 1, 1, 0])
+    assert tie_flags(np.ones(6, F32), 4, by_vector=False) is False
+    assert tie_flags(np.full(6, 0.5, F32), 4, by_vector=True) is True
