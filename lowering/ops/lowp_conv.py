@@ -15,6 +15,7 @@ One kernel per layer, two loop nests.
 
      for row in N x out[:-1]                                       PARALLEL
        for group, for block of `rows` output channels (last block shifted back)
+       (outputs larger than the L2 cache: group x block x row, PARALLEL; ``blocks_outer``)
          for tile of `vectors` x `lanes` pixels along the width
            integer tile (lowp_tiles): reduce over channel groups x kernel taps
              acc[r][v] = step(acc[r][v], P[n, grp, cb, rows.., phase, pixels],
@@ -91,6 +92,8 @@ from lpjit.graph import Node
 Index = Expr | int
 # Widest dense load (bytes) of the blocked copy's vector path; larger strides copy per column.
 MAX_DENSE_BYTES = 512
+# Outputs larger than this (the L2 cache of one core) are written block by block.
+BLOCKS_OUTER_BYTES = 1 << 20
 
 
 def q_conv_geometry(node: Node) -> ConvGeometry:
@@ -587,6 +590,16 @@ def first_lane(value: Expr) -> Expr:
     return ReduceLanes("min", lb.shuffle(value, [0, 0]))
 
 
+def blocks_outer(output: Buffer) -> bool:
+    """Whether the output-channel blocks are the outermost loop (each block's rows of the
+    whole image, then the next block) rather than the output rows (every block of one row,
+    then the next row): when the output is larger than ``BLOCKS_OUTER_BYTES``.  Row by row,
+    every output channel plane takes one short write per row, a stream per channel that
+    misses the caches once the output outgrows them; block by block, a few planes are each
+    written front to back.  (The input rows are read once per block then, from the cache.)"""
+    return math.prod(output.shape) * output.dtype.bits // 8 > BLOCKS_OUTER_BYTES
+
+
 def lower_q_conv(ctx: LoweringContext, node: Node, epilogue: Epilogue, g: ConvGeometry,
                  weights: np.ndarray, tables: EpilogueTables, step: DotStep,
                  tile: RegisterTile, parallel: bool) -> Kernel:
@@ -605,10 +618,20 @@ def lower_q_conv(ctx: LoweringContext, node: Node, epilogue: Epilogue, g: ConvGe
     count = g.batch * rows_per_image
     fast = fast_requantize_tables(ctx, node, epilogue, g, weights, tables, tile.lanes)
     writer = _QConvWriter(b, g, source, packed, tables, epilogue, step, tile.rows, fast)
+    last = len(tables.classes.outer) - 1
+    if blocks_outer(epilogue.output):
+        extents = (g.groups, len(block_starts(g.group_out, tile.rows)), g.batch, rows_per_image)
+        total = math.prod(extents)
+        with b.for_range(total, kind=loop_kind(parallel, total), name="t") as t:
+            group, block, n, flat = unravel(t, extents)
+            outer = unravel(flat, outer_extents) if outer_extents else []
+            outer_class = b.let(lb.min_(lb.max_(Load(tables.outer_class, (flat,)), 0), last),
+                                "oc")
+            writer.row(n, outer, outer_class, group, block, tile.vectors, tile.lanes)
+        return make_kernel(b)
     with b.for_range(count, kind=loop_kind(parallel, count), name="row") as t:
         n, *outer = unravel(t, (g.batch, *outer_extents))
         flat = 0 if rows_per_image == 1 else t if g.batch == 1 else t % rows_per_image
-        last = len(tables.classes.outer) - 1
         outer_class = b.let(lb.min_(lb.max_(Load(tables.outer_class, (flat,)), 0), last), "oc")
         groups = b.for_range(g.groups, name="grp") if g.groups > 1 else None
         group = groups.__enter__() if groups is not None else 0

@@ -169,6 +169,24 @@ def test_q_convolution_on_avx2(case):
     assert DotU8I8Saturating not in microkernels(program)
 
 
+@pytest.mark.parametrize("case", ["3x3_odd_channels_batch2", "grouped_stride_w2", "conv3d",
+                                  "conv1d_stride2"])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_outputs_larger_than_the_cache_are_written_block_by_block(monkeypatch, case, threads):
+    """Past ``BLOCKS_OUTER_BYTES`` (lowered to 0 here) the output-channel blocks are the
+    outer (parallel) loop: same results, batches, groups and outer dims included."""
+    from lowering.ops import lowp_conv
+
+    monkeypatch.setattr(lowp_conv, "BLOCKS_OUTER_BYTES", 0)
+    data, weights, begin, end, extra = CONVOLUTIONS[case]
+    g, inputs = conv_graph(data, weights, begin, end, **extra)
+    program = lower(g, threads=threads)
+    (step,) = program.steps
+    assert "for t in " in str(step.kernel) and "for row in " not in str(step.kernel)
+    actual = run_program(program, inputs, llvm_compiler)
+    np.testing.assert_array_equal(actual[0], np.asarray(reference.run(g, inputs)[0]))
+
+
 def test_q_convolution_without_avx2():
     """The portable multiply-add on a baseline x86-64 (4 lanes)."""
     data, weights, begin, end, extra = CONVOLUTIONS["3x3_odd_channels_batch2"]
