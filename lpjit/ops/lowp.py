@@ -40,8 +40,14 @@ COMPRESSED_TYPES = (dtypes.i8, dtypes.u8, dtypes.i4, dtypes.u4)
 
 def accumulator_bound(weights: np.ndarray, reduce_axes: tuple[int, ...],
                       max_activation: int = MAX_LEVELS - 1) -> int:
-    """The largest ``|sum(wq * q)|`` over the reduced axes for ``0 <= q <= max_activation``."""
-    sums = np.abs(weights.astype(np.int64)).sum(axis=reduce_axes)
+    """The largest ``|sum(wq * q)|`` over the reduced axes for ``0 <= q <= max_activation``.
+
+    Weights of at most 16 bits are widened to i32 only (their magnitudes fit), summed in i64:
+    a third of the memory traffic of widening to i64 (this runs for every quantized
+    convolution each time its node is built)."""
+    narrow = weights.dtype.kind in "iub" and weights.dtype.itemsize <= 2
+    magnitudes = np.abs(weights.astype(np.int32 if narrow else np.int64))
+    sums = magnitudes.sum(axis=reduce_axes, dtype=np.int64)
     return int(sums.max(initial=0)) * max_activation
 
 

@@ -307,3 +307,19 @@ def test_compressed_matmul_checks_groups():
         lowp.CompressedMatMul(origin=origin("fc", "MatMul"),
                               inputs=(a.output, const(np.ones((4, 32), np.int8)),
                                       const(np.ones((4, 2), np.float32))), group_size=8)
+
+
+@pytest.mark.parametrize("dtype", [np.int8, np.uint8, np.int16, np.int32, np.int64])
+def test_accumulator_bound_is_the_largest_absolute_sum_at_every_weight_width(dtype):
+    """The bound is max over outputs of sum |wq| times the top level, for every width (the
+    narrow ones are widened to i32 only): checked against Python integers."""
+    info = np.iinfo(dtype)
+    rng = np.random.default_rng(7)
+    low, high = max(info.min, -(2**40)), min(info.max, 2**40)
+    weights = rng.integers(low, high, (3, 5, 2, 2), dtype=dtype, endpoint=True)
+    weights.flat[0] = info.min if dtype != np.int64 else -(2**40)
+    expected = max(sum(abs(int(v)) for v in weights[o].flat) for o in range(3)) * 255
+    assert lowp.accumulator_bound(weights, (1, 2, 3)) == expected
+    assert lowp.accumulator_bound(weights, (0,), max_activation=3) == 3 * max(
+        sum(abs(int(weights[o, c, i, j])) for o in range(3))
+        for c in range(5) for i in range(2) for j in range(2))
