@@ -47,6 +47,18 @@ def test_parallel_loop_is_outlined_and_forked_with_gomp(engine):
     assert 'call i32 @"omp_get_num_threads"()' in ir_text
 
 
+def test_the_chunk_is_compiled_once_for_the_kernel_and_its_worker(engine):
+    """The chunk is ``noinline``: after O3 both the kernel's serial path and the worker call
+    it instead of holding copies of the loop."""
+    optimized = engine.compile_kernels([_rows_kernel()]).llvm_ir()
+    bodies = optimized.split("\ndefine ")
+    kernel = next(b for b in bodies if b.startswith("void @rows("))
+    worker = next(b for b in bodies if "@rows.parallel0.worker(" in b.split("{")[0])
+    for body in (kernel, worker):
+        assert "call fastcc void @rows.parallel0.chunk(" in body.split("\n}")[0]
+    assert sum(1 for b in bodies if "@rows.parallel0.chunk(" in b.split("{")[0]) == 1
+
+
 @pytest.mark.parametrize("threads", [1, 2, 3])
 def test_team_sizes_give_identical_results(threads, engine):
     """Captured let values, scalar parameters and per-iteration scratch survive outlining."""
