@@ -56,6 +56,7 @@ from lowering.loop_ir import (
     ReduceLanes,
     Select,
     as_expr,
+    contiguous_strides,
     f32,
     u8,
     vectorized,
@@ -73,6 +74,7 @@ from lowering.ops.lowp_tiles import (
     DotStep,
     emit_dot_tile,
     integer_tile,
+    integer_tile_cost,
 )
 from lowering.ops.nn_conv import ConvGeometry, block_starts
 from lowering.ops.nn_schedules import RegisterTile
@@ -94,6 +96,8 @@ Index = Expr | int
 MAX_DENSE_BYTES = 512
 # Outputs larger than this (the L2 cache of one core) are written block by block.
 BLOCKS_OUTER_BYTES = 1 << 20
+# Rows per thread below which a parallel convolution also splits the output-channel blocks.
+PARALLEL_ROWS = 4
 
 
 def q_conv_geometry(node: Node) -> ConvGeometry:
@@ -590,14 +594,79 @@ def first_lane(value: Expr) -> Expr:
     return ReduceLanes("min", lb.shuffle(value, [0, 0]))
 
 
-def blocks_outer(output: Buffer) -> bool:
+def blocks_outer(output: Buffer, rows: int, threads: int) -> bool:
     """Whether the output-channel blocks are the outermost loop (each block's rows of the
     whole image, then the next block) rather than the output rows (every block of one row,
-    then the next row): when the output is larger than ``BLOCKS_OUTER_BYTES``.  Row by row,
-    every output channel plane takes one short write per row, a stream per channel that
-    misses the caches once the output outgrows them; block by block, a few planes are each
-    written front to back.  (The input rows are read once per block then, from the cache.)"""
+    then the next row): when the output is larger than ``BLOCKS_OUTER_BYTES``, or when
+    several threads share fewer than ``PARALLEL_ROWS`` rows per thread (a regrouped
+    pointwise image may be one row).  Row by row, every output channel plane takes one short
+    write per row, a stream per channel that misses the caches once the output outgrows
+    them; block by block, a few planes are each written front to back.  (The input rows are
+    read once per block then, from the cache.)"""
+    if threads != 1 and rows < PARALLEL_ROWS * max(threads, 2):
+        return True
     return math.prod(output.shape) * output.dtype.bits // 8 > BLOCKS_OUTER_BYTES
+
+
+# Longest regrouped row of a pointwise convolution (``regrouped_rows``).
+MAX_REGROUPED_WIDTH = 1024
+
+
+def pointwise_over_pixels(g: ConvGeometry, epilogue: Epilogue, data: Buffer) -> bool:
+    """Whether output pixel ``p`` (row-major over the spatial dims) reads only input pixel
+    ``p`` (a 1x1 kernel, strides 1, no pads), the data and output are contiguous, and the
+    epilogue reads no other tensor per pixel (its operands are broadcast over the spatial
+    dims): then the image may be cut into rows of any length."""
+    if g.spatial_rank < 2 or any(k != 1 for k in g.kernel) or any(s != 1 for s in g.strides) \
+            or any(g.pads_begin) or any(g.pads_end):
+        return False
+    if any(buffer.strides != contiguous_strides(buffer.shape)
+           for buffer in (data, epilogue.output)):
+        return False
+    group = epilogue.group
+    for node, port in zip(group.chain, group.ports):
+        for i, value in enumerate(node.inputs):
+            spatial = value.type.shape[-g.spatial_rank:] if i != port else ()
+            if any(extent != 1 for extent in spatial):
+                return False
+    return True
+
+
+def regrouped_rows(ctx: LoweringContext, g: ConvGeometry, step: DotStep, cost: float) -> int:
+    """The row length of a pointwise convolution's image (a divisor of its pixel count, at
+    least its width, at most ``MAX_REGROUPED_WIDTH``) whose tiles cost least over the whole
+    image (``integer_tile_cost``): rows that are whole vectors waste no lanes (28x28 in rows
+    of 112 = 7 x 16, not 28 = 2 x 16 - 4)."""
+    pixels, width = math.prod(g.out_spatial), g.out_spatial[-1]
+    steps = reduction_steps(g, step)
+
+    def total(length: int) -> float:
+        return integer_tile_cost(ctx.target, step, g.group_out, length, steps=steps,
+                                 epilogue=cost)[0] * (pixels // length)
+
+    lengths = [d for d in range(width, min(pixels, MAX_REGROUPED_WIDTH) + 1) if pixels % d == 0]
+    return min(lengths, key=lambda d: (total(d) - 1e-9 * (d == width), d))
+
+
+def regroup_pointwise(ctx: LoweringContext, node: Node, g: ConvGeometry, epilogue: Epilogue,
+                      data: Buffer, step: DotStep, cost: float
+                      ) -> tuple[ConvGeometry, Epilogue, Buffer]:
+    """A pointwise convolution (``pointwise_over_pixels``) as one over an image of rows of
+    ``regrouped_rows`` pixels: its geometry, epilogue and data seen with that shape (views);
+    anything else unchanged."""
+    if not pointwise_over_pixels(g, epilogue, data):
+        return g, epilogue, data
+    length = regrouped_rows(ctx, g, step, cost)
+    if length == g.out_spatial[-1]:
+        return g, epilogue, data
+    rows = math.prod(g.out_spatial) // length
+    spatial = (1,) * (g.spatial_rank - 2) + (rows, length)
+    name = node.origin.name
+    output = epilogue.output
+    views = (data.view(f"{name}_data_rows", (*data.shape[:2], *spatial)),
+             output.view(f"{name}_output_rows", (*output.shape[:2], *spatial)))
+    regrouped = attrs.evolve(g, in_spatial=spatial, out_spatial=spatial)
+    return regrouped, attrs.evolve(epilogue, output=views[1]), views[0]
 
 
 def lower_q_conv(ctx: LoweringContext, node: Node, epilogue: Epilogue, g: ConvGeometry,
@@ -605,6 +674,8 @@ def lower_q_conv(ctx: LoweringContext, node: Node, epilogue: Epilogue, g: ConvGe
                  tile: RegisterTile, parallel: bool) -> Kernel:
     """The integer direct convolution kernel (see the module docstring)."""
     cost = FORMULA_PER_VECTOR if epilogue.is_identity else EPILOGUE_PER_VECTOR
+    g, epilogue, data = regroup_pointwise(ctx, node, g, epilogue, ctx.buffer(node.inputs[0]),
+                                          step, cost)
     tile = integer_tile(ctx.target, step, g.group_out, g.out_spatial[-1],
                         steps=reduction_steps(g, step),
                         epilogue=cost) if g.out_spatial[-1] > 1 else tile
@@ -612,14 +683,14 @@ def lower_q_conv(ctx: LoweringContext, node: Node, epilogue: Epilogue, g: ConvGe
                           pack_q_conv_weights(weights, tile.rows, step.group))
     b = kernel_builder(ctx, node)
     p = blocked_buffer(ctx, node, g, step.group)
-    source = emit_blocked_copy(b, ctx, g, ctx.buffer(node.inputs[0]), p, step.group, parallel)
+    source = emit_blocked_copy(b, ctx, g, data, p, step.group, parallel)
     outer_extents = g.out_spatial[:-1]
     rows_per_image = math.prod(outer_extents)
     count = g.batch * rows_per_image
     fast = fast_requantize_tables(ctx, node, epilogue, g, weights, tables, tile.lanes)
     writer = _QConvWriter(b, g, source, packed, tables, epilogue, step, tile.rows, fast)
     last = len(tables.classes.outer) - 1
-    if blocks_outer(epilogue.output):
+    if blocks_outer(epilogue.output, count, ctx.options.threads):
         extents = (g.groups, len(block_starts(g.group_out, tile.rows)), g.batch, rows_per_image)
         total = math.prod(extents)
         with b.for_range(total, kind=loop_kind(parallel, total), name="t") as t:
