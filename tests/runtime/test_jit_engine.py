@@ -169,3 +169,22 @@ def test_raw_llvm_modules_compile_and_expose_addresses(engine):
         library.get_function("muladd7")
     with pytest.raises(CodegenError, match="LLVM rejected the generated module"):
         engine.add_module("define i32 @broken() { ret i64 0 }")
+
+
+def test_machine_code_emission_skips_the_post_ra_list_scheduler():
+    """``LLVM_OPTIONS`` turns the post-RA list scheduler off (znver CPUs enable it): the pass
+    returns at once, its time is a small fraction of instruction selection's (running, about
+    a third)."""
+    codegen = CPUCodegen(TargetSpec.for_cpu("znver4"))
+    library = codegen.compile_kernels([examples.matmul_f32(
+        5, 21, 3, RNG.standard_normal((3, 21)), RNG.standard_normal(21))])
+    llvm.set_time_passes(True)
+    try:
+        codegen.target_machine.emit_object(library.module)
+    finally:
+        report = llvm.report_and_reset_timings()
+        llvm.set_time_passes(False)
+    seconds = {line.split(")  ")[-1].strip(): float(line.split()[0])
+               for line in report.splitlines() if ")  " in line}
+    assert seconds["Post RA top-down list latency scheduler"] * 10 < seconds[
+        "X86 DAG->DAG Instruction Selection"]
