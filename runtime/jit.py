@@ -282,7 +282,10 @@ class CPUCodegen:
     def optimize(self, module: llvm.ModuleRef, machine: llvm.TargetMachine | None = None,
                  run: Callable[[llvm.PassBuilder, llvm.ModuleRef], None] | None = None
                  ) -> None:
-        """The O3 module pipeline; LLVM's own vectorizers stay off (the schedule decides).
+        """The O3 module pipeline; LLVM's own vectorizers and loop unroller stay off (the
+        schedule decides: a loop it leaves rolled stays rolled).  The unroller copied loops
+        of three to four dot-product steps (3x3 convolutions), 8 % of ResNet-18 INT8's
+        assembly and 0.3 s of its LLVM time, for no measurable change in speed.
         ``machine``: the target machine to tune for (default: this codegen's); ``run``:
         how to run the pipeline (default: llvmlite's locked call).
 
@@ -292,6 +295,7 @@ class CPUCodegen:
         tuning = llvm.create_pipeline_tuning_options(speed_level=self.opt_level)
         tuning.loop_vectorization = False
         tuning.slp_vectorization = False
+        tuning.loop_unrolling = False
         builder = llvm.create_pass_builder(machine or self.target_machine, tuning)
         if run is None:
             builder.getModulePassManager().run(module, builder)

@@ -188,3 +188,24 @@ def test_machine_code_emission_skips_the_post_ra_list_scheduler():
                for line in report.splitlines() if ")  " in line}
     assert seconds["Post RA top-down list latency scheduler"] * 10 < seconds[
         "X86 DAG->DAG Instruction Selection"]
+
+
+def test_a_loop_the_schedule_left_rolled_stays_rolled(engine):
+    """LLVM's unroller is off: a serial loop of four steps keeps one copy of its body."""
+    b = KernelBuilder("rolled")
+    x = b.input("x", f32, (4, 8))
+    y = b.output("y", f32, (8,))
+    with b.for_range(8, kind=vectorized(8), name="c") as c:
+        acc = b.local(lb.broadcast(0.0, 1, f32), "acc")
+        with b.for_range(4, name="k") as k:
+            b.assign(acc, acc * 0.5 + x[k, c])
+        b.store(y, c, acc)
+    library = engine.compile_kernels([b.build()])
+    assert library.llvm_ir().count("fmul <8 x float>") == 1
+    data = RNG.standard_normal((4, 8)).astype(np.float32)
+    out = np.zeros(8, np.float32)
+    library.get_function("rolled")(data, out)
+    expected = np.zeros(8, np.float32)
+    for row in data:
+        expected = expected * np.float32(0.5) + row
+    np.testing.assert_array_equal(out, expected)
