@@ -40,7 +40,7 @@ from lowering.loop_ir import (
 )
 from lowering.program import Program, Step
 from lowering.target import Target
-from lowering.traversal import buffers_used
+from lowering.traversal import allocated_buffers, buffers_used
 from lpjit.errors import LoweringError, UnsupportedOpError
 from lpjit.graph import Constant, Graph, Node, Origin, Parameter, Result, Value
 
@@ -269,22 +269,17 @@ def make_kernel(b: lb.KernelBuilder) -> Kernel:
     A view is passed as its root (both executors address a view through its root's memory,
     ``root_offset`` included), so two views of one root never become two aliasing parameters.
     """
+    from lowering.verifier import verify_kernel
+
     kernel = b.build(verify=False)
+    allocated = {id(a) for a in allocated_buffers(kernel.body)}
     params: list[Buffer] = []
     for buf in buffers_used(kernel.body):
         root = buf.root
-        if root.role != "constant" and not _allocated(kernel, root) and all(
+        if root.role != "constant" and id(root) not in allocated and all(
                 root is not p for p in params):
             params.append(root)
-    from lowering.verifier import verify_kernel
-
     return verify_kernel(attrs.evolve(kernel, params=tuple(params)))
-
-
-def _allocated(kernel: Kernel, buffer: Buffer) -> bool:
-    from lowering.traversal import allocated_buffers
-
-    return any(buffer is a for a in allocated_buffers(kernel.body))
 
 
 def kernel_builder(ctx: LoweringContext, node: Node, suffix: str = "") -> lb.KernelBuilder:
