@@ -527,12 +527,12 @@ def tie_flags(limit: np.ndarray, lanes: int, by_vector: bool) -> np.ndarray | bo
     ``False`` when all or none do, else an i32 flag per channel; ``by_vector`` (the channel
     layout): per first channel ``c`` of a vector, for the channels ``c .. c+lanes-1``."""
     needs = limit < 1
-    if needs.all() or not needs.any():
-        return bool(needs.all())
     if by_vector:
         ends = np.concatenate([[0], np.cumsum(needs)])
         stops = np.minimum(np.arange(needs.size) + lanes, needs.size)
         needs = ends[stops] > ends[:needs.size]
+    if needs.all() or not needs.any():
+        return bool(needs.all())
     return needs.astype(np.int32)
 
 
