@@ -906,6 +906,7 @@ def lower_kernels_to_llvm(kernels: Sequence[Kernel], options: CodegenOptions = C
                                  or (parts and number == len(groups))):
             parts.append(str(state.module))
             sink(parts[-1])
+            release_module(state.module)
             elsewhere.extend(inside)
             part = _new_module(f"{name}.{len(parts)}", options)
             state, inside, size = _ModuleState(part, options, pool), [], 0
@@ -914,6 +915,27 @@ def lower_kernels_to_llvm(kernels: Sequence[Kernel], options: CodegenOptions = C
     for kernel in elsewhere:
         declare_kernel(module, kernel)
     return LoweredModule(module, tuple(kernels), tuple(pool.symbols), tuple(parts))
+
+
+def release_module(module: ir.Module) -> None:
+    """Break the reference cycles of a module nothing will use again (a part, once printed):
+    functions and their blocks, blocks and their instructions, functions and their
+    arguments and return value, and instructions and their operands (a loop's phi and
+    increment use each other).  Reference counting then frees it at once; left to Python's cyclic collector,
+    the parts of ResNet-18 INT8 (330k objects) were collected in one pause of 0.2 s after
+    the compile (``lpjit.pipeline`` pauses the collector while compiling)."""
+    for value in module.globals.values():
+        if isinstance(value, ir.Function):
+            for block in value.blocks:
+                for instruction in block.instructions:
+                    instruction.operands = []
+                    if isinstance(instruction, ir.PhiInstr):
+                        instruction.incomings = []
+                block.instructions.clear()
+                block.terminator = None
+            value.blocks.clear()
+            value.args, value.return_value = (), None
+    module.globals.clear()
 
 
 def _new_module(name: str, options: CodegenOptions) -> ir.Module:
@@ -933,4 +955,5 @@ def declare_kernel(module: ir.Module, kernel: Kernel) -> ir.Function:
     return fn
 
 
-__all__ = ["CodegenOptions", "LoweredModule", "emit_kernel", "lower_kernels_to_llvm"]
+__all__ = ["CodegenOptions", "LoweredModule", "emit_kernel", "lower_kernels_to_llvm",
+           "release_module"]

@@ -7,7 +7,9 @@ its name, and a part LLVM rejects is reported as the single module's error would
 
 from __future__ import annotations
 
+import gc
 import pickle
+import weakref
 
 import llvmlite.binding as llvm
 import lowp_graphs as lg
@@ -17,6 +19,7 @@ import test_entry_point as chain
 
 import lpjit
 import lpjit.profiling
+from lowering import codegen_llvm
 from lowering.builder import KernelBuilder
 from lowering.codegen_llvm import lower_kernels_to_llvm
 from lowering.loop_ir import f32, vectorized
@@ -52,6 +55,32 @@ def test_kernels_emitted_in_parts_are_all_defined_once_and_declared_in_the_main_
     assert all(f'declare void @"k{n}"(' in main for n in range(4))
     assert "define" not in main
     assert all(f'define void @"k{n}"(' in lowered.text() for n in range(4))
+
+
+def test_parts_handed_on_are_freed_without_the_cyclic_collector(monkeypatch):
+    """Once printed and handed to the sink, a part's module is released: reference counting
+    frees it (the collector is off here), only the main module stays."""
+    created: list[weakref.ref] = []
+    new_module = codegen_llvm._new_module
+
+    def recording(name, options):
+        module = new_module(name, options)
+        created.append(weakref.ref(module))
+        return module
+
+    monkeypatch.setattr(codegen_llvm, "_new_module", recording)
+    kernels = [scaled(f"k{n}", 8 + n, 1.5 + n) for n in range(3)]
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        lowered = lower_kernels_to_llvm(kernels, chain.engine().codegen_options(
+            part_instructions=1), sink=lambda text: None)
+        alive = [ref() for ref in created if ref() is not None]
+    finally:
+        if enabled:
+            gc.enable()
+    assert len(created) == 4 and alive == [lowered.ir_module]
+    assert all(f'define void @"k{n}"(' in lowered.parts[n] for n in range(3))
 
 
 @pytest.mark.parametrize("background", [False, True])
