@@ -499,6 +499,7 @@ class FastTables:
     span: Buffer | float = 0.0          # [OC]: FakeQuantize's oh - ol (with ``output``)
     out_low: Buffer | float = 0.0       # [OC]: its ol
     checked: Buffer | bool = True       # [OC] i32: whether the tie test runs (``tie_flags``)
+    fused: bool = False                 # t by one FMA (the target has FMA)
 
     def value(self, field: str, load: Callable[[Buffer], Expr], lanes: int) -> Expr:
         """``field`` for one output vector: ``load(buffer)``, or the splat float."""
@@ -550,7 +551,7 @@ def fast_requantize_tables(ctx: LoweringContext, node: Node, epilogue: Epilogue,
 
     plan = plan_fast_requantize(epilogue, weights, tables.step.data, tables.scale.data,
                                 tables.zero_point.data, 2 + g.spatial_rank,
-                                max_level(node.inputs[0]), lanes)
+                                max_level(node.inputs[0]), lanes, ctx.target.has_fma)
     if plan is None or (by_class and plan.output is not None):
         return None
     name = node.origin.name
@@ -579,7 +580,8 @@ def fast_requantize_tables(ctx: LoweringContext, node: Node, epilogue: Epilogue,
                       bound(plan.high, "qhigh"), output,
                       0.0 if output is None else channel_vector(output.span, "span"),
                       0.0 if output is None else channel_vector(output.out_low, "out_low"),
-                      flags if isinstance(flags, bool) else ctx.constant(name + "_checked", flags))
+                      flags if isinstance(flags, bool) else ctx.constant(name + "_checked", flags),
+                      plan.fused)
 
 
 
@@ -795,7 +797,7 @@ class _QConvWriter:
                 else lambda: deferred.defer(self.b, r, v, kept),
                 lambda q: self.b.store(self.epilogue.output, index, q),
                 fast.dequantized(lambda t: per_channel(t, (channel,), lanes), lanes),
-                fast.check(lambda t: Load(t, (channel,))))
+                fast.check(lambda t: Load(t, (channel,))), fast.fused)
 
         emit_dot_tile(self.b, self.step, self.block_rows, columns.count, lanes, reduction,
                       g.kernel[-1], weights, activations, store, broadcast_is_activation=False)

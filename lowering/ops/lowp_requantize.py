@@ -70,6 +70,7 @@ class FastRequantize:
     high: np.ndarray
     limit: np.ndarray
     output: Dequantized | None = None
+    fused: bool = False
 
 
 @attrs.frozen
@@ -208,17 +209,40 @@ class _Forms:
     offset: np.ndarray          # [OC, classes] f32
     low: np.ndarray             # [OC, classes] f32: clamp of g
     high: np.ndarray
+    fused: bool = False
 
     def exact(self, acc: np.ndarray, oc: np.ndarray, cls: np.ndarray) -> np.ndarray:
         x = (acc.astype(F32) * self.step[oc] + self.zero_point[oc, cls]) * self.scale[oc]
         return self.chain.run(x, oc)
 
     def t(self, acc: np.ndarray, oc: np.ndarray, cls: np.ndarray) -> np.ndarray:
+        if self.fused:
+            return fma_f32(acc.astype(F32), self.slope[oc], self.offset[oc, cls])
         return acc.astype(F32) * self.slope[oc] + self.offset[oc, cls]
 
     def fast(self, acc: np.ndarray, oc: np.ndarray, cls: np.ndarray) -> np.ndarray:
         rounded = np.rint(self.t(acc, oc, cls))
         return np.clip(rounded, self.low[oc, cls], self.high[oc, cls]).astype(np.int64)
+
+
+def fma_f32(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """``a * b + c`` rounded once to f32 (round half to even), as an FMA instruction does.
+
+    1. ``p = a * b`` in f64: exact (two 24-bit significands need 48 bits).
+    2. ``s = p + c`` in f64, and its exact error ``e`` (TwoSum): ``p + c = s + e``.
+    3. Round to odd: when ``e != 0`` and ``s`` has an even last bit, step ``s`` one f64 ulp
+       towards ``e`` (the two f64 neighbours of ``p + c`` are ``s`` and that one).
+    4. Round to f32 (half to even): rounding to odd in 53 bits, then to 24 bits, equals
+       rounding the exact value to 24 bits once (53 >= 24 + 2)."""
+    p = a.astype(np.float64) * b.astype(np.float64)
+    c = np.broadcast_to(c.astype(np.float64), p.shape)
+    s = p + c
+    virtual = s - p
+    e = (p - (s - virtual)) + (c - virtual)
+    even = (s.view(np.int64) & 1) == 0
+    step = (e != 0) & even
+    s = np.where(step, np.nextafter(s, np.where(e > 0, np.inf, -np.inf)), s)
+    return s.astype(F32)
 
 
 @attrs.frozen
@@ -263,10 +287,12 @@ class _Levels:
 
 def plan_fast_requantize(epilogue: Epilogue, weights: np.ndarray, step: np.ndarray,
                          scale: np.ndarray, zero_point: np.ndarray, rank: int,
-                         max_activation: int, lanes: int) -> FastRequantize | None:
+                         max_activation: int, lanes: int,
+                         fused: bool = False) -> FastRequantize | None:
     """The fast form for a convolution (weights ``[G, OCg, ICg, k...]``, the output formula's
     ``step``, ``scale`` ``[OC]`` and zero-point table ``[outer, OC, width]``), or ``None``
-    when the chain does not qualify or the fast form would rarely apply."""
+    when the chain does not qualify or the fast form would rarely apply.  ``fused``: ``t``
+    is one FMA (one rounding; ``fma_f32``), else a multiply and an add."""
     channels = step.size
     chain = _chain(epilogue, rank, channels)
     if chain is None:
@@ -285,7 +311,8 @@ def plan_fast_requantize(epilogue: Epilogue, weights: np.ndarray, step: np.ndarr
     if not (np.all(np.isfinite(reach)) and reach.max(initial=0) < 1e30
             and np.all(slope != 0)):
         return None
-    forms = _Forms(chain, step.astype(F32), scale.astype(F32), zp, slope, offset, zp, zp)
+    forms = _Forms(chain, step.astype(F32), scale.astype(F32), zp, slope, offset, zp, zp,
+                   fused)
     oc = np.repeat(np.arange(channels), classes)
     cls = np.tile(np.arange(classes), channels)
     ends = [forms.exact(np.repeat(bound, classes), oc, cls).astype(F32).reshape(channels, -1)
@@ -316,7 +343,7 @@ def plan_fast_requantize(epilogue: Epilogue, weights: np.ndarray, step: np.ndarr
         return np.ascontiguousarray(values.reshape(channels, outer, width).transpose(1, 0, 2))
 
     return FastRequantize(slope, table(offset), table(forms.low), table(forms.high), limit,
-                          chain.output)
+                          chain.output, fused)
 
 
 def _distinct_columns(table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -364,7 +391,7 @@ def emit_fast_requantize(b: lb.KernelBuilder, acc: Expr, slope: Expr, offset: Ex
                          high: Expr, limit: Expr, exact: Callable[[], None],
                          store: Callable[[Expr], None],
                          output: tuple[Dequantized, Expr, Expr] | None = None,
-                         checked: Expr | bool = True) -> None:
+                         checked: Expr | bool = True, fused: bool = False) -> None:
     """``store(u8 level indices)`` of the fast form when every lane is far enough from a
     rounding tie (``|t - rint(t)| < limit``), else ``exact()`` (the group's epilogue).  With
     ``output`` (``Dequantized``, its span and out_low for this vector) the stored values are
@@ -373,8 +400,10 @@ def emit_fast_requantize(b: lb.KernelBuilder, acc: Expr, slope: Expr, offset: Ex
     ``checked`` says whether the vector's channels have accumulators where the fast form
     differs (a limit below 1): ``True``, ``False`` (the fast form is stored without the tie
     test), or a scalar known at run time (a branch around the test, taken alike by all the
-    vectors of a channel).  It applies without ``output`` only (that form always tests)."""
-    t = b.let(Cast(acc, f32, "nearest") * slope + offset, "t")
+    vectors of a channel).  It applies without ``output`` only (that form always tests).
+    ``fused``: ``t`` by one FMA, as the plan assumed."""
+    wide = Cast(acc, f32, "nearest")
+    t = b.let(lb.fma(wide, slope, offset) if fused else wide * slope + offset, "t")
     rounded = b.let(lb.call("round_half_even", t), "rt")
     q = b.let(lb.min_(lb.max_(rounded, low), high), "q")
     trusted, value = None, Cast(q, u8, "trunc")

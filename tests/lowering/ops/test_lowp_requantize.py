@@ -13,7 +13,7 @@ from lowp_graphs import const, graph, origin, parameter
 from lowering.fusion import Group
 from lowering.lower_graph import LoweringOptions, lower_graph_to_loops
 from lowering.ops.lowp_conv import BorderClasses, q_conv_geometry, tie_flags, zero_point_table
-from lowering.ops.lowp_requantize import plan_fast_requantize
+from lowering.ops.lowp_requantize import fma_f32, plan_fast_requantize
 from lowering.program_exec import run_program
 from lpjit import dtypes, reference
 from lpjit.ops import activations as act
@@ -44,8 +44,10 @@ def requantized_conv(rng, data_shape, weights, pads, il=0.0, ih=6.0, levels=256)
     return conv, (added, clamp, q), x
 
 
-def test_fast_form_is_exact_wherever_it_is_taken():
-    """Every accumulator of every channel: |t - rint t| < limit implies g(acc) == f(acc)."""
+@pytest.mark.parametrize("fused", [False, True])
+def test_fast_form_is_exact_wherever_it_is_taken(fused):
+    """Every accumulator of every channel: |t - rint t| < limit implies g(acc) == f(acc);
+    ``t`` by a multiply and an add, or by one FMA."""
     rng = np.random.default_rng(7)
     weights = rng.integers(-4, 5, (1, 48, 2, 1, 1))
     conv, chain, _ = requantized_conv(rng, (1, 2, 4, 4), weights, (0, 0), ih=5.5)
@@ -55,8 +57,8 @@ def test_fast_form_is_exact_wherever_it_is_taken():
     low = np.repeat(np.asarray(conv.inputs[4].node.data, F32), 48)
     scale = np.asarray(conv.inputs[2].node.data, F32)
     table = zero_point_table(weights.astype(np.int8), low, BorderClasses.of(g))
-    plan = plan_fast_requantize(epilogue, weights, step, scale, table, 4, 255, 16)
-    assert plan is not None
+    plan = plan_fast_requantize(epilogue, weights, step, scale, table, 4, 255, 16, fused)
+    assert plan is not None and plan.fused == fused
     flat = weights.reshape(48, -1)
     lo, hi = 255 * np.minimum(flat, 0).sum(1), 255 * np.maximum(flat, 0).sum(1)
     bias = np.asarray(chain[0].inputs[1].node.data, F32).reshape(-1)
@@ -64,7 +66,8 @@ def test_fast_form_is_exact_wherever_it_is_taken():
         acc = np.arange(lo[oc], hi[oc] + 1)
         x = (acc.astype(F32) * step[oc] + table[0, oc, 0]) * scale[oc] + bias[oc]
         expected = lowp_index(np.clip(x, F32(0), F32(6)), 5.5)
-        t = acc.astype(F32) * plan.slope[oc] + plan.offset[0, oc, 0]
+        a, slope, offset = acc.astype(F32), plan.slope[oc], plan.offset[0, oc, 0]
+        t = fma_f32(a, slope, offset) if fused else a * slope + offset
         rounded = np.rint(t)
         fast = np.clip(rounded, plan.low[0, oc, 0], plan.high[0, oc, 0])
         taken = np.abs(t - rounded) < plan.limit[oc]
@@ -204,3 +207,36 @@ def test_tie_test_runs_only_for_vectors_of_channels_with_exceptions():
     assert tie_flags(np.ones(6, F32), 4, by_vector=False) is False
     assert tie_flags(np.full(6, 0.5, F32), 4, by_vector=True) is True
     assert tie_flags(np.array([1, 0.5, 1, 0.5], F32), 2, by_vector=True) is True
+
+
+def _rounded_f32(x) -> np.float32:
+    """The exact rational ``x`` rounded to f32, half to even (the nearest of three)."""
+    from fractions import Fraction
+
+    guess = np.float32(float(x))
+    candidates = [np.nextafter(guess, np.float32(-np.inf)), guess,
+                  np.nextafter(guess, np.float32(np.inf))]
+    distance = [abs(Fraction(float(c)) - x) for c in candidates]
+    best = min(distance)
+    near = [c for c, d in zip(candidates, distance) if d == best]
+    return near[0] if len(near) == 1 else next(c for c in near if c.view(np.int32) % 2 == 0)
+
+
+def test_fma_f32_rounds_once():
+    """``fma_f32`` equals ``a * b + c`` rounded once to f32, also where rounding the f64 sum
+    would round twice (a product exactly halfway between two f32, moved by a tiny ``c``)."""
+    from fractions import Fraction
+
+    rng = np.random.default_rng(17)
+    a = (rng.standard_normal(400) * 2.0 ** rng.integers(-8, 9, 400)).astype(F32)
+    b = (rng.standard_normal(400) * 2.0 ** rng.integers(-12, 2, 400)).astype(F32)
+    c = (rng.standard_normal(400) * 2.0 ** rng.integers(-30, 9, 400)).astype(F32)
+    halfway = F32(2 ** 12 + 1)                      # its square: 2^24 + 2^13 + 1, odd
+    a = np.concatenate([a, [halfway, halfway, -halfway]]).astype(F32)
+    b = np.concatenate([b, [halfway, halfway, halfway]]).astype(F32)
+    c = np.concatenate([c, [2.0 ** -30, -(2.0 ** -30), 2.0 ** -30]]).astype(F32)
+    actual = fma_f32(a, b, c)
+    expected = [_rounded_f32(Fraction(float(x)) * Fraction(float(y)) + Fraction(float(z)))
+                for x, y, z in zip(a, b, c)]
+    np.testing.assert_array_equal(actual, np.array(expected, F32))
+    assert actual[-3] == F32(2 ** 24 + 2 ** 13 + 2) and actual[-2] == F32(2 ** 24 + 2 ** 13)
