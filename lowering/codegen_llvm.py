@@ -84,7 +84,7 @@ from lowering.loop_ir import (
     value_type,
 )
 from lowering.microkernels import Microkernel
-from lowering.traversal import allocated_buffers, buffers_used, free_vars, rewrite, walk
+from lowering.traversal import rewrite, uses
 from lowering.value_numbering import (
     NumberingBuilder,
     remove_dead_instructions,
@@ -683,11 +683,12 @@ class _ParallelOutliner:
 
     def __init__(self, parent: _FunctionEmitter, loop: For) -> None:
         self.parent, self.loop = parent, loop
-        inner = {id(b) for b in allocated_buffers(loop)}
+        self.uses = uses(loop)                  # one walk of the loop
+        inner = {id(b) for b in self.uses.allocated}
         bound = parent.constant_arguments or set()
-        self.buffers = [b for b in _unique_roots(buffers_used(loop))
+        self.buffers = [b for b in _unique_roots(self.uses.buffers)
                         if (b.role != "constant" or id(b) in bound) and id(b) not in inner]
-        self.vars = [v for v in free_vars(loop) if v is not loop.var]
+        self.vars = [v for v in self.uses.free_vars if v is not loop.var]
         number = next(parent.state.outlined)
         self.name = f"{parent.function.name}.parallel{number}"
 
@@ -713,7 +714,7 @@ class _ParallelOutliner:
                 gomp = parent.ctx.intrinsic("GOMP_parallel", ir.VoidType(),
                                             [PTR, PTR, I32, I32])
                 bld.call(gomp, [worker, context, parent.threads, ir.Constant(I32, 0)])
-        checks = [n for n in walk(self.loop.body) if isinstance(n, BoundsCheck)]
+        checks = self.uses.bounds_checks
         if checks:
             parent.leave_if_failed(checks[0].record)
 

@@ -8,7 +8,7 @@ identity, so shared sub-expressions stay shared.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TypeVar
 
 import attrs
@@ -110,32 +110,61 @@ def binders(stmt: Stmt) -> Var | None:
 
 def free_vars(node: Expr | Stmt) -> list[Var]:
     """Variables used in ``node`` but bound outside it, in first-use order."""
-    bound = {id(b) for n in walk(node) if isinstance(n, Stmt) and (b := binders(n)) is not None}
+    return _free_vars(list(walk(node)))
+
+
+def buffers_used(node: Expr | Stmt) -> list[Buffer]:
+    """Buffers loaded, stored or allocated in ``node``, and the error records its bounds
+    checks write, in first-use order."""
+    return _buffers_used(walk(node))
+
+
+def allocated_buffers(node: Stmt) -> list[Buffer]:
+    """Buffers allocated (``Allocate``) inside ``node``."""
+    return [n.buffer for n in walk(node) if isinstance(n, Allocate)]
+
+
+@attrs.frozen(eq=False)
+class Uses:
+    """What a statement uses, found in one walk: ``buffers`` (``buffers_used``),
+    ``allocated`` (``allocated_buffers``), ``free_vars`` (``free_vars``) and its
+    ``bounds_checks``, each in pre-order."""
+
+    buffers: tuple[Buffer, ...]
+    allocated: tuple[Buffer, ...]
+    free_vars: tuple[Var, ...]
+    bounds_checks: tuple[BoundsCheck, ...]
+
+
+def uses(node: Stmt) -> Uses:
+    """``Uses`` of ``node``: the results of the four walks, from one."""
+    nodes = list(walk(node))
+    return Uses(tuple(_buffers_used(nodes)),
+                tuple(n.buffer for n in nodes if isinstance(n, Allocate)),
+                tuple(_free_vars(nodes)),
+                tuple(n for n in nodes if isinstance(n, BoundsCheck)))
+
+
+def _free_vars(nodes: list[Expr | Stmt]) -> list[Var]:
+    bound = {id(b) for n in nodes if isinstance(n, Stmt) and (b := binders(n)) is not None}
     out, seen = [], set()
-    for n in walk(node):
+    for n in nodes:
         if isinstance(n, Var) and id(n) not in bound and id(n) not in seen:
             seen.add(id(n))
             out.append(n)
     return out
 
 
-def buffers_used(node: Expr | Stmt) -> list[Buffer]:
-    """Buffers loaded, stored or allocated in ``node``, and the error records its bounds
-    checks write, in first-use order."""
+def _buffers_used(nodes: Iterable[Expr | Stmt]) -> list[Buffer]:
     out: list[Buffer] = []
     seen: set[int] = set()
-    for n in walk(node):
+    for n in nodes:
         used = n.record if isinstance(n, BoundsCheck) else (
             n.buffer if isinstance(n, (Load, Store, Allocate)) else None)
         if used is not None and id(used) not in seen:
             seen.add(id(used))
             out.append(used)
     return out
-
-
-def allocated_buffers(node: Stmt) -> list[Buffer]:
-    """Buffers allocated (``Allocate``) inside ``node``."""
-    return [n.buffer for n in walk(node) if isinstance(n, Allocate)]
 
 
 def constants_of(kernel: Kernel) -> list[Buffer]:
