@@ -108,7 +108,7 @@ def _scalar_cast(value: str, target: ScalarType, mode: str) -> str:
 
 def _scalar_call(func: str, args: list[str], t: ScalarType) -> str:
     if func == "fma":
-        return f"{_np(t)}(_fma({', '.join(args)}))"
+        return f"{_np(t)}(_fma{t.bits}({', '.join(args)}))"
     if func == "pow":   # libm pow on floats; square-and-multiply over the bits on integers
         if t.is_float:
             return f"{_np(t)}(np.power({args[0]}, {args[1]}))"

@@ -20,8 +20,8 @@ __all__ = [
     "_erf_v",
     "_f16",
     "_f16_v",
-    "_fma",
-    "_fma_v",
+    "_fma32",
+    "_fma64",
     "_ipow",
     "_reduce_add",
     "_reduce_max",
@@ -125,13 +125,60 @@ def _erf_v(x):
 
 
 @_jit
-def _fma(a, b, c):
-    return np.float64(a) * np.float64(b) + np.float64(c)
+def _two_sum(a, b):
+    """``(s, e)`` with ``s = fl(a + b)`` and ``a + b = s + e`` exactly (Knuth's TwoSum)."""
+    s = a + b
+    virtual = s - a
+    return s, (a - (s - virtual)) + (b - virtual)
 
 
 @_jit
-def _fma_v(a, b, c):
-    return a.astype(np.float64) * b.astype(np.float64) + c.astype(np.float64)
+def _two_product(a, b):
+    """``(p, e)`` with ``p = fl(a * b)`` and ``a * b = p + e`` exactly (Dekker, with
+    Veltkamp's split; ``a`` and ``b`` well inside the f64 range)."""
+    p = a * b
+    t = 134217729.0 * a
+    a_hi = t - (t - a)
+    a_lo = a - a_hi
+    t = 134217729.0 * b
+    b_hi = t - (t - b)
+    b_lo = b - b_hi
+    return p, ((a_hi * b_hi - p) + a_hi * b_lo + a_lo * b_hi) + a_lo * b_lo
+
+
+@_jit
+def _round_to_odd_sum(a, b):
+    """``a + b`` rounded to odd in f64: the f64 neighbour of the exact sum whose last
+    significand bit is 1 when the sum is not exact (so a later rounding to fewer bits
+    rounds the exact value once)."""
+    s, e = _two_sum(a, b)
+    if e != 0.0 and math.isfinite(s):
+        mantissa = math.frexp(s)[0]
+        if int(abs(mantissa) * 9007199254740992.0) % 2 == 0:
+            s = np.nextafter(s, math.inf if e > 0.0 else -math.inf)
+    return s
+
+
+@_jit
+def _fma32(a, b, c):
+    """``a * b + c`` for f32 operands, as an f64 that rounds to the FMA's single-rounded
+    f32: the product is exact in f64, the sum rounded to odd (53 >= 24 + 2 bits)."""
+    return _round_to_odd_sum(np.float64(a) * np.float64(b), np.float64(c))
+
+
+@_jit
+def _fma64(a, b, c):
+    """``a * b + c`` for f64 operands, rounded once (Boldo and Melquiond: the exact product
+    and sum as pairs, the low parts added rounded to odd, one final rounding); operands whose
+    product is not finite or near the f64 range's ends fall back to ``a * b + c``."""
+    a, b, c = np.float64(a), np.float64(b), np.float64(c)
+    p = a * b
+    if not math.isfinite(p) or not math.isfinite(c) or abs(a) > 1e150 or abs(b) > 1e150 \
+            or abs(p) < 1e-290:
+        return p + c
+    p, p_low = _two_product(a, b)
+    s, s_low = _two_sum(c, p)
+    return s + _round_to_odd_sum(p_low, s_low)
 
 
 @_jit

@@ -8,8 +8,9 @@ import pytest
 from lowering import builder as lb
 from lowering import examples
 from lowering.builder import KernelBuilder
-from lowering.loop_ir import PARALLEL, f16, f32, i32, vectorized
+from lowering.loop_ir import PARALLEL, f16, f32, f64, i32, vectorized
 from lowering.numba_exec import compile_numba
+from lowering.program_exec import llvm_compiler
 from lpjit.errors import InputError
 
 
@@ -72,3 +73,60 @@ def test_arguments_are_checked_like_the_native_kernel():
     with pytest.raises(InputError, match=r"kernel 'scale_bias_relu': scalar 'scale' expects a "
                        "number, got str"):
         compiled(x, x, x.copy(), "2")
+
+
+def _fma_cases(dtype) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Operands whose ``a * b + c`` lies just off a midpoint of ``dtype`` (where rounding the
+    sum first and then to ``dtype`` goes the wrong way), plus seeded random ones."""
+    bits = np.finfo(dtype).nmant + 1              # 24 or 53 significant bits
+    # (1 + 2^-j)(1 + 2^-k) = 1 + 2^-j + 2^-k + 2^-bits: the last term is half an ulp of 1
+    left, right = dtype(1.0 + 2.0 ** -(bits // 2)), dtype(1.0 + 2.0 ** -(bits - bits // 2))
+    tiny = dtype(2.0 ** -(3 * bits))
+    a = [left, left, -left, left]
+    b = [right, right, right, -right]
+    c = [tiny, -tiny, -tiny, tiny]
+    rng = np.random.default_rng(67)
+    a += list(rng.standard_normal(60).astype(dtype))
+    b += list(rng.standard_normal(60).astype(dtype))
+    c += list((rng.standard_normal(60) * 4).astype(dtype))
+    return tuple(np.array(v, dtype) for v in (a, b, c))
+
+
+def _exact_fma(a, b, c, dtype) -> np.ndarray:
+    """``a * b + c`` from exact rationals, rounded once to ``dtype`` (half to even), through
+    round-to-odd f64 for f32 and by comparing the two f64 neighbours for f64."""
+    from fractions import Fraction
+    out = []
+    for x, y, z in zip(a, b, c):
+        exact = Fraction(float(x)) * Fraction(float(y)) + Fraction(float(z))
+        near = np.float64(float(exact))           # correctly rounded to f64
+        if dtype == np.float64:
+            out.append(near)
+            continue
+        if Fraction(float(near)) != exact and int(near.view(np.int64)) % 2 == 0:
+            direction = np.inf if Fraction(float(near)) < exact else -np.inf
+            near = np.nextafter(near, direction)
+        out.append(near.astype(np.float32))
+    return np.array(out, dtype)
+
+
+@pytest.mark.parametrize("scalar", [f32, f64], ids=["f32", "f64"])
+def test_fma_rounds_once_like_the_instruction(scalar):
+    """``fma`` on the numba executor rounds a * b + c once, as the native FMA does, also where
+    the exact value lies a hair off a midpoint (rounding twice would tie to even)."""
+    dtype = scalar.numpy.type
+    a, b, c = _fma_cases(dtype)
+    k = KernelBuilder("fma")
+    xs = [k.input(name, scalar, (a.size,)) for name in "abc"]
+    y = k.output("y", scalar, (a.size,))
+    with k.for_range(a.size) as i:
+        k.store(y, i, lb.fma(xs[0][i], xs[1][i], xs[2][i]))
+    kernel = k.build()
+    expected = _exact_fma(a, b, c, dtype)
+    rounded_twice = (a[0].astype(np.float64) * b[0] + c[0]).astype(dtype)
+    assert expected[0] != rounded_twice                       # the first case is a real trap
+    numba_out, native_out = np.zeros_like(a), np.zeros_like(a)
+    compile_numba(kernel)(a, b, c, numba_out)
+    llvm_compiler(kernel)(a, b, c, native_out)
+    np.testing.assert_array_equal(numba_out, expected)
+    np.testing.assert_array_equal(native_out, expected)
