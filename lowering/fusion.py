@@ -16,6 +16,13 @@ consumer, that consumer is elementwise with an output of the same shape, and the
 a model output: the consumer's kernel recomputes it where it would have loaded it (each element
 is still computed once).  So the residual branch of ``conv -> Add(., Dequantize(q)) -> ReLU ->
 Quantize`` reads the u8 ``q`` inside the conv's epilogue instead of a stored f32 tensor.
+
+A stand-alone ``Quantize`` is also inlined into the integer convolution that is its only
+consumer (``quantizes_conv_input``) when that convolution's kernel reads each input element
+about once: its blocked copy (``lowering.ops.lowp_conv``) computes the level index from the
+f32 input instead of copying a stored u8 tensor, so one kernel and the u8 round trip go away.
+Depthwise convolutions (which read the input once per tap) and pointwise ones (whose image
+is regrouped through views of a stored input) keep the stored tensor.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from collections.abc import Callable
 import attrs
 
 from lpjit.graph import Constant, Graph, Node, Parameter, Result, Value
+from lpjit.ops.lowp import QConvolution, Quantize
 
 
 @attrs.frozen(eq=False)
@@ -94,12 +102,30 @@ def _inlinable(graph: Graph, node: Node, model_outputs: set[Value],
     consumers = graph.consumers.get(value, ())
     if value in model_outputs or len(consumers) != 1:
         return False
-    consumer = consumers[0][0]
+    consumer, port = consumers[0]
+    if quantizes_conv_input(node, consumer, port):
+        return True
     if isinstance(consumer, Result) or not is_elementwise(consumer):
         return False
     if len(consumer.outputs) != 1 or sum(v == value for v in consumer.inputs) != 1:
         return False
     return consumer.outputs[0].shape == value.shape
+
+
+def quantizes_conv_input(node: Node, consumer: Node, port: int) -> bool:
+    """``node`` is an f32 -> u8 ``Quantize`` feeding the data input (port 0) of a
+    ``QConvolution`` that reads it through its blocked copy, each element about once: not
+    depthwise (read per tap) and not pointwise (1x1, strides 1, no pads: regrouped rows)."""
+    if not isinstance(node, Quantize) or not isinstance(consumer, QConvolution) or port != 0:
+        return False
+    if node.input_type(0).dtype.name != "f32":
+        return False
+    groups, group_out, group_in, *kernel = consumer.input_type(1).shape
+    if groups > 1 and group_out == 1 and group_in == 1:
+        return False
+    pointwise = all(k == 1 for k in kernel) and all(s == 1 for s in consumer.strides) \
+        and not any(consumer.pads_begin) and not any(consumer.pads_end)
+    return not pointwise
 
 
 def _fusion_target(graph: Graph, node: Node, model_outputs: set[Value],

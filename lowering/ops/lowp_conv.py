@@ -7,7 +7,9 @@ One kernel per layer, two loop nests.
    ``g`` consecutive input channels (the dot step's group: 4 for ``vpdpbusd``, 2 for
    ``vpmaddwd``) sit next to each other, so one dense load of ``g * lanes`` bytes holds the
    ``g`` channels of ``lanes`` output pixels -- the group-interleaved operand the
-   microkernels take.  Channels are padded to ``CB * g`` with zeros; padding is level 0
+   microkernels take.  When a stand-alone ``Quantize`` feeds the convolution (inlined by
+   ``lowering.fusion``), the copy reads its f32 input and computes the level index on the
+   fly, with the stand-alone kernel's exact expression (``ConvInput``).  Channels are padded to ``CB * g`` with zeros; padding is level 0
    (it adds nothing to the sum; the zero point is compensated exactly below).  Phase split as
    in ``nn_conv``: ``P[..., ph, j*g + t] = padded_input[..., c + t, j * s_w + ph]``, so every
    stride and dilation reads dense vectors.
@@ -89,7 +91,7 @@ from lowering.ops.nn_tiles import (
     unravel,
     vector_index,
 )
-from lpjit.graph import Node
+from lpjit.graph import Node, Value
 
 Index = Expr | int
 # Widest dense load (bytes) of the blocked copy's vector path; larger strides copy per column.
@@ -275,12 +277,32 @@ def interleave(parts: list[Expr], lanes: int) -> Expr:
 
 
 @attrs.frozen
+class ConvInput:
+    """The convolution's data input computed where it is read: an inlined ``Quantize``
+    (``fusion.quantizes_conv_input``) whose level index ``ctx.load`` emits from its f32
+    input, exactly as its stand-alone kernel would store it."""
+
+    ctx: LoweringContext
+    value: Value
+
+    def load(self, b: lb.KernelBuilder, indices: Sequence[Index], lanes: int) -> Expr:
+        """The u8 level indices at ``indices`` (``lanes`` of them when the last is a ramp)."""
+        return self.ctx.load(self.value, [as_expr(i) for i in indices], lanes, b=b)
+
+
+def conv_input(ctx: LoweringContext, node: Node) -> Buffer | ConvInput:
+    """The data input of ``node``: its buffer, or a ``ConvInput`` when it is inlined."""
+    value = node.inputs[0]
+    return ConvInput(ctx, value) if value in ctx.inlined else ctx.buffer(value)
+
+
+@attrs.frozen
 class BlockedCopy:
     """Emits the blocked copy of one (n, group, channel block)."""
 
     b: lb.KernelBuilder
     g: ConvGeometry
-    x: Buffer
+    x: Buffer | ConvInput
     p: Buffer
     group: int
     lanes: int          # pixels per vector copy step
@@ -381,11 +403,17 @@ class BlockedCopy:
             channel, valid = self.channel(grp, cb, t)
             value: Expr = lb.broadcast(0, lanes, u8)
             if channel is not None:
-                value = Load(self.x, (n, channel, *x_rows, index))
+                value = self.read((n, channel, *x_rows, index), lanes)
                 if valid is not None:
                     value = Select(valid, value, lb.broadcast(0, lanes, u8))
             parts.append(value)
         return parts
+
+    def read(self, indices: tuple[Index, ...], lanes: int) -> Expr:
+        """``x`` at ``indices``: a load, or the inlined Quantize computed there."""
+        if isinstance(self.x, ConvInput):
+            return self.x.load(self.b, indices, lanes)
+        return Load(self.x, indices)
 
     def single(self, prefix: tuple[Index, Index, Index], x_rows: Sequence[Index],
                p_rows: Sequence[Index], phase: int, first: int, stop: int) -> None:
@@ -415,8 +443,8 @@ class BlockedCopy:
             self.b.store(self.p, (*prefix, *p_rows, phase, index), interleave(parts, lanes))
 
 
-def emit_blocked_copy(b: lb.KernelBuilder, ctx: LoweringContext, g: ConvGeometry, x: Buffer,
-                      p: Buffer, group: int, parallel: bool) -> BlockedInput:
+def emit_blocked_copy(b: lb.KernelBuilder, ctx: LoweringContext, g: ConvGeometry,
+                      x: Buffer | ConvInput, p: Buffer, group: int, parallel: bool) -> BlockedInput:
     """Fill ``p`` from ``x`` (see the module docstring); returns how tiles read it."""
     blocks = p.shape[2]
     count = g.batch * g.groups * blocks
@@ -651,8 +679,8 @@ def regrouped_rows(ctx: LoweringContext, g: ConvGeometry, step: DotStep, cost: f
 
 
 def regroup_pointwise(ctx: LoweringContext, node: Node, g: ConvGeometry, epilogue: Epilogue,
-                      data: Buffer, step: DotStep, cost: float
-                      ) -> tuple[ConvGeometry, Epilogue, Buffer]:
+                      data: Buffer | ConvInput, step: DotStep, cost: float
+                      ) -> tuple[ConvGeometry, Epilogue, Buffer | ConvInput]:
     """A pointwise convolution (``pointwise_over_pixels``) as one over an image of rows of
     ``regrouped_rows`` pixels: its geometry, epilogue and data seen with that shape (views);
     anything else unchanged."""
@@ -676,7 +704,7 @@ def lower_q_conv(ctx: LoweringContext, node: Node, epilogue: Epilogue, g: ConvGe
                  tile: RegisterTile, parallel: bool) -> Kernel:
     """The integer direct convolution kernel (see the module docstring)."""
     cost = FORMULA_PER_VECTOR if epilogue.is_identity else EPILOGUE_PER_VECTOR
-    g, epilogue, data = regroup_pointwise(ctx, node, g, epilogue, ctx.buffer(node.inputs[0]),
+    g, epilogue, data = regroup_pointwise(ctx, node, g, epilogue, conv_input(ctx, node),
                                           step, cost)
     tile = integer_tile(ctx.target, step, g.group_out, g.out_spatial[-1],
                         steps=reduction_steps(g, step),

@@ -34,6 +34,7 @@ from lowering.ops.lowp_conv import (
     EpilogueTables,
     FastTables,
     blocked_buffer,
+    conv_input,
     emit_blocked_copy,
     fast_requantize_tables,
     first_lane,
@@ -96,7 +97,7 @@ def lower_q_conv_by_channels(ctx: LoweringContext, node: Node, epilogue: Epilogu
     zero_point, width_class = width_classes(ctx, node, tables)
     b = kernel_builder(ctx, node)
     p = blocked_buffer(ctx, node, g, step.group)
-    source = emit_blocked_copy(b, ctx, g, ctx.buffer(node.inputs[0]), p, step.group, parallel)
+    source = emit_blocked_copy(b, ctx, g, conv_input(ctx, node), p, step.group, parallel)
     fast = fast_requantize_tables(ctx, node, epilogue, g, weights, tables, tile.lanes,
                                   by_class=True)
     writer = _ChannelWriter(b, g, source, packed, tables, zero_point, width_class, epilogue,

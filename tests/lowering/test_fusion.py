@@ -1,5 +1,6 @@
 """``partition_graph``'s inlining: an elementwise op whose only consumer is an elementwise op of
-the same shape is computed inside that consumer's kernel (the residual branch of a block)."""
+the same shape is computed inside that consumer's kernel (the residual branch of a block); a
+stand-alone input Quantize is computed by the integer convolution that reads it."""
 
 from __future__ import annotations
 
@@ -87,3 +88,58 @@ def test_large_standalone_elementwise_kernels_run_in_parallel():
             outputs.append(run_program(program, data, llvm_compiler)[0])
         np.testing.assert_array_equal(outputs[0], outputs[1])
         np.testing.assert_array_equal(outputs[0], np.maximum(data[0], 0))
+
+
+def _quantized_conv(kernel: int = 3, consumers: int = 1, producer=None):
+    """f32 ``x`` [-> ``producer``] -> Quantize -> QConvolution ``kernel x kernel`` (and, with
+    ``consumers=2``, the Quantize's output also returned)."""
+    from lowp_graphs import origin
+
+    from lpjit.ops import lowp
+
+    x = parameter((1, 4, 6, 7), "x")
+    source = x.output if producer is None else producer(x.output)
+    q = lowp.Quantize(origin=origin("q", "FakeQuantize"),
+                      inputs=(source, const(np.full((1, 1, 1, 1), -0.5, F32)),
+                              const(np.full((1, 1, 1, 1), 1.5, F32))), levels=256).output
+    pad = kernel // 2
+    node = lowp.QConvolution(
+        origin=origin("qconv", "Convolution"),
+        inputs=(q, const(RNG.integers(-128, 128, (1, 5, 4, kernel, kernel)).astype(np.int8)),
+                const(RNG.uniform(0.001, 0.02, 5).astype(F32)), const(np.array([2 / 255], F32)),
+                const(np.array([-0.5], F32))),
+        strides=(1, 1), pads_begin=(pad, pad), pads_end=(pad, pad), dilations=(1, 1))
+    outputs = (node.output, q) if consumers == 2 else (node.output,)
+    return graph([x], *outputs), [RNG.uniform(-1, 2, (1, 4, 6, 7)).astype(F32)]
+
+
+def test_input_quantize_is_inlined_into_the_integer_convolution():
+    """A stand-alone Quantize whose only consumer is a 3x3 QConvolution (and the elementwise
+    op inlined into it) is computed in the conv's kernel: one group, one step listing every
+    layer, the reference's results."""
+    import lowering.ops  # noqa: F401
+
+    g, data = _quantized_conv(producer=lambda v: relu(v, "pre_relu"))
+    groups = partition_graph(g, is_elementwise, _fusable)
+    assert len(groups) == 1
+    assert [n.origin.name for n in groups[0].inlined] == ["pre_relu", "q"]
+    program = lower_graph_to_loops(g, LoweringOptions(threads=1))
+    assert [[o.name for o in s.layers] for s in program.steps] == [["pre_relu", "q", "qconv"]]
+    expected, = reference.run(g, data)
+    actual, = run_program(program, data, llvm_compiler)
+    np.testing.assert_array_equal(actual, expected)
+
+
+def test_input_quantize_with_two_consumers_or_a_pointwise_conv_is_stored():
+    """The Quantize keeps its own group when its output is also a model output, or when the
+    convolution is pointwise (its image is regrouped through views of a stored input)."""
+    import lowering.ops  # noqa: F401
+
+    for g, data in (_quantized_conv(consumers=2), _quantized_conv(kernel=1)):
+        groups = partition_graph(g, is_elementwise, _fusable)
+        assert [group.anchor.origin.name for group in groups] == ["q", "qconv"]
+        assert not any(group.inlined for group in groups)
+        program = lower_graph_to_loops(g, LoweringOptions(threads=1))
+        for e, a in zip(reference.run(g, data), run_program(program, data, llvm_compiler),
+                        strict=True):
+            np.testing.assert_array_equal(a, e)

@@ -264,8 +264,7 @@ def test_proven_vpmaddubsw_on_avx2():
     weights = RNG.choice([-127, 127, 5, -3], (1, 6, 8, 3, 3))
     node, _ = q_conv((1, 8, 5, 9), weights, (1, 1), (1, 1), data=quantized)
     g = graph([x], node.output)
-    program = check(g, [RNG.uniform(-1.2, 1.2, (1, 8, 5, 9)).astype(F32)], AVX2, numba=False,
-                    steps=2)
+    program = check(g, [RNG.uniform(-1.2, 1.2, (1, 8, 5, 9)).astype(F32)], AVX2, numba=False)
     assert DotU8I8Saturating in microkernels(program)
     (conv_kernel,) = integer_kernels(program)
     assert conv_kernel.microkernels == ("dot_u8i8_saturating",)
@@ -286,6 +285,82 @@ def test_requantizing_epilogue_writes_u8():
                       inputs=(y, vector([0.0]), vector([3.0])), levels=256).output
     program = check(graph(params, q), [levels_like((1, 5, 6, 7))])
     assert program.outputs[0].dtype.name == "u8"
+
+
+def quantized_input(shape, low: float, high: float, per_channel: bool = False,
+                    levels: int = 256) -> tuple[Value, list, np.ndarray]:
+    """An f32 parameter through a stand-alone ``Quantize`` (per-tensor or per-channel
+    ranges), and f32 data that hits every region: below, above, on the bounds and on the
+    rounding ties ``low + (k + 0.5) * step`` of the level function."""
+    x = parameter(shape, "x")
+    channels = shape[1] if per_channel else 1
+    lows = np.asarray(low + RNG.uniform(-0.2, 0.0, channels) * per_channel, F32)
+    highs = np.asarray(high + RNG.uniform(0.0, 0.2, channels) * per_channel, F32)
+    range_shape = (1, channels) + (1,) * (len(shape) - 2)
+    q = lowp.Quantize(origin=origin("input_quantize", "FakeQuantize"),
+                      inputs=(x.output, _const(lows.reshape(range_shape)),
+                              _const(highs.reshape(range_shape))), levels=levels).output
+    data = RNG.uniform(low - 0.5, high + 0.5, shape).astype(F32)
+    width = F32(F32(high) - F32(low))
+    ties = F32(low) + (RNG.integers(0, levels - 1, shape) + F32(0.5)) * width / (levels - 1)
+    special = RNG.choice([0.0, 1.0, 2.0, 3.0], shape, p=[0.6, 0.1, 0.1, 0.2])
+    data = np.select([special == 1, special == 2, special == 3],
+                     [F32(low), F32(high), ties.astype(F32)], data).astype(F32)
+    return q, [x], data
+
+
+FUSED_INPUTS = {
+    # data, weights [G, OCg, ICg, k...], pads_begin, pads_end, extra, per-channel range
+    "3x3_padded_odd_channels": ((2, 5, 6, 7), (1, 7, 5, 3, 3), (1, 1), (1, 1), {}, False),
+    "stride2_asymmetric_pads": ((1, 6, 7, 9), (1, 5, 6, 3, 3), (1, 0), (0, 2),
+                                {"strides": (2, 2)}, False),
+    "wide_rows_per_channel_range": ((1, 8, 5, 37), (1, 6, 8, 3, 3), (1, 1), (1, 1), {}, True),
+    "stem_7x7_stride2_three_channels": ((1, 3, 19, 21), (1, 8, 3, 7, 7), (3, 3), (3, 3),
+                                        {"strides": (2, 2)}, False),
+    "channels_layout_grouped": ((1, 18, 6, 5), (2, 20, 9, 3, 3), (1, 1), (0, 1),
+                                {"strides": (2, 2)}, False),
+    "conv1d": ((2, 3, 11), (1, 4, 3, 3), (1,), (2,), {"strides": (2,)}, False),
+}
+
+
+@pytest.mark.parametrize("case", FUSED_INPUTS)
+def test_input_quantize_is_computed_by_the_blocked_copy(case):
+    """f32 -> Quantize (asymmetric range) -> QConvolution: one kernel (the Quantize inlined
+    into the conv's blocked copy, listed among its layers), bit-identical to the reference,
+    borders and padding included."""
+    shape, weight_shape, pads_begin, pads_end, extra, per_channel = FUSED_INPUTS[case]
+    q, params, data = quantized_input(shape, -0.37, 1.9, per_channel)
+    weights = RNG.integers(-128, 128, weight_shape)
+    node, _ = q_conv(shape, weights, pads_begin, pads_end, data=q, **extra)
+    program = check(graph(params, node.output), [data])
+    assert [o.name for o in program.steps[0].layers] == ["input_quantize", "qconv"]
+    inputs = [p for p in program.steps[0].kernel.params if p.role == "input"]
+    assert [p.dtype.name for p in inputs] == ["f32"]
+
+
+@pytest.mark.parametrize("target", [AVX2, SSE], ids=lambda t: t.cpu)
+def test_input_quantize_fused_on_narrower_targets(target):
+    """The fused blocked copy with AVX2 (vpmaddwd pairs) and SSE vectors."""
+    q, params, data = quantized_input((1, 6, 5, 23), -1.1, 0.4)
+    node, _ = q_conv((1, 6, 5, 23), RNG.integers(-128, 128, (1, 5, 6, 3, 3)), (1, 1), (1, 1),
+                     data=q)
+    check(graph(params, node.output), [data], target, numba=False)
+
+
+def test_shared_pointwise_and_depthwise_input_quantize_stay_stand_alone():
+    """A Quantize read by two layers, or by a pointwise (regrouped rows) or a depthwise
+    (read per tap) convolution, is computed once by its own kernel."""
+    shape = (1, 6, 5, 7)
+    q, params, data = quantized_input(shape, -0.5, 2.0)
+    node, _ = q_conv(shape, RNG.integers(-128, 128, (1, 4, 6, 3, 3)), (1, 1), (1, 1), data=q)
+    program = check(graph(params, node.output, q), [data], steps=2)
+    assert [o.name for o in program.steps[0].layers] == ["input_quantize"]
+    for weight_shape, per_channel in (((1, 4, 6, 1, 1), False), ((6, 1, 1, 3, 3), True)):
+        q, params, data = quantized_input(shape, -0.5, 2.0)
+        pads = (weight_shape[-1] // 2,) * 2
+        node, _ = q_conv(shape, RNG.integers(-128, 128, weight_shape), pads, pads, data=q,
+                         per_channel=per_channel)
+        check(graph(params, node.output), [data], steps=2)
 
 
 @pytest.mark.parametrize("channels, size, layout", [(64, 56, "width"), (512, 7, "channels"),
