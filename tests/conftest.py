@@ -8,6 +8,11 @@ import pytest
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
+# The numba executor (lowering.numba_exec) is the tests' second opinion on loop-IR meaning, run
+# on small inputs: compiling its generated functions dominates, and LLVM's -O0 halves that
+# without changing results (no fast-math: IEEE operations either way).  Set before numba loads.
+os.environ.setdefault("NUMBA_OPT", "0")
+
 
 def _openvino_available() -> bool:
     try:
