@@ -9,10 +9,11 @@ One kernel per layer, two loop nests.
    ``g`` channels of ``lanes`` output pixels -- the group-interleaved operand the
    microkernels take.  When a stand-alone ``Quantize`` feeds the convolution (inlined by
    ``lowering.fusion``), the copy reads its f32 input and computes the level index on the
-   fly, with the stand-alone kernel's exact expression (``ConvInput``).  Channels are padded to ``CB * g`` with zeros; padding is level 0
-   (it adds nothing to the sum; the zero point is compensated exactly below).  Phase split as
-   in ``nn_conv``: ``P[..., ph, j*g + t] = padded_input[..., c + t, j * s_w + ph]``, so every
-   stride and dilation reads dense vectors.
+   fly, with the stand-alone kernel's exact expression (``ConvInput``).  Channels are
+   padded to ``CB * g`` with zeros; padding is level 0 (it adds nothing to the sum; the
+   zero point is compensated exactly below).  Phase split as in ``nn_conv``:
+   ``P[..., ph, j*g + t] = padded_input[..., c + t, j * s_w + ph]``, so every stride and
+   dilation reads dense vectors.
 2. **Direct convolution**, per output row (batch and all spatial dims but the last)::
 
      for row in N x out[:-1]                                       PARALLEL
