@@ -660,9 +660,10 @@ def test_q_depthwise_odd_output_widths(target, width, strides):
 def test_q_depthwise_row_vectors(target, data, weights, begin, end, extra):
     """Depthwise rows covered by fixed vectors (full, a narrower power of two or a full one
     shifted back, two lanes for one column), windows shuffled into the dot step's layout;
-    bit-exact against the reference, borders included."""
+    bit-exact against the reference, borders included (on numba too, but for the 5x5 kernel
+    whose numba compile takes about a minute)."""
     check(*conv_graph(data, weights, begin, end, per_channel=True, **extra), target,
-          numba=target is HOST)
+          numba=target is HOST and weights[-1] == 3)
 
 
 def test_depthwise_width_vectors():
@@ -687,10 +688,12 @@ def test_depthwise_width_vectors():
 def test_q_depthwise_requantizing_epilogue(target, activation, quantize_range, lean):
     """Depthwise + per-channel bias + ReLU/Clamp + Quantize: the lean epilogue (two clamps,
     the reference's f32 formula) writes the reference's level indices bit for bit; values
-    span the whole range, both clamps included."""
+    span the whole range, both clamps included.  numba runs the MobileNetV2 case and the
+    generic chain (each of these kernels takes it 10-20 s to compile)."""
     channels = 3
     check_requantizing_depthwise((1, channels, 6, 21), (1, 1), (1, 1), {}, activation,
-                                 quantize_range, lean, target)
+                                 quantize_range, lean, target,
+                                 numba=activation == (0.0, 6.0))
 
 
 @pytest.mark.parametrize("target", [HOST, AVX2, SSE], ids=lambda t: t.cpu)
@@ -704,9 +707,11 @@ def test_q_depthwise_grid(target, shape, begin, end, extra):
     """Stride-1 planes narrower than a vector (8 lanes or more: not 14 wide on AVX2, none on
     SSE, where rows and the lean epilogue run) run on the padded grid (vectors across rows,
     the junk columns dropped when the rows are stored; the padded plane in registers, or
-    copied through memory when tall), with the lean epilogue; bit-exact, borders included."""
+    copied through memory when tall), with the lean epilogue; bit-exact, borders included.
+    numba runs the two small planes: the 14x14 and tall planes' unrolled grids take it minutes
+    to compile."""
     program = check_requantizing_depthwise(shape, begin, end, extra, (0.0, 6.0), (0.0, 6.0),
-                                           True, target)
+                                           True, target, numba=shape[-1] * shape[-2] < 100)
     narrow = program.outputs[0].shape[-1] < target.f32_lanes
     assert (Grid.of(grid_geometry(shape, begin, end, extra), target.f32_lanes) is not None
             ) == (narrow and target.f32_lanes >= 8)
@@ -720,9 +725,10 @@ def grid_geometry(shape, begin, end, extra):
 
 
 def check_requantizing_depthwise(shape, begin, end, extra, activation, quantize_range, lean,
-                                 target) -> Program:
+                                 target, numba: bool = True) -> Program:
     """Depthwise + bias + ReLU (``activation`` None) or Clamp + [Quantize] against the
-    reference; whether the lean epilogue ran (its per-channel bias constant)."""
+    reference (on numba too when ``numba`` and ``target`` is the host); whether the lean
+    epilogue ran (its per-channel bias constant)."""
     channels = shape[1]
     node, params = q_conv(shape, RNG.integers(-128, 128, (channels, 1, 1, 3, 3)),
                           begin, end, per_channel=True, step=np.full(channels, 0.02),
@@ -737,7 +743,8 @@ def check_requantizing_depthwise(shape, begin, end, extra, activation, quantize_
         y = lowp.Quantize(origin=origin("requantize", "Quantize"),
                           inputs=(y, vector([quantize_range[0]]), vector([quantize_range[1]])),
                           levels=256).output
-    program = check(graph(params, y), [levels_like(shape)], target, numba=target is HOST)
+    program = check(graph(params, y), [levels_like(shape)], target,
+                    numba=numba and target is HOST)
     lean_constants = [c for c in program.constants if "_lean" in c.name]
     assert bool(lean_constants) == lean
     return program
