@@ -100,11 +100,26 @@ def initialize_llvm() -> bool:
         if not candidate:
             continue
         try:
+            _pin_library(candidate)
             llvm.load_library_permanently(candidate)
-        except RuntimeError:
+        except (OSError, RuntimeError):
             continue
         return llvm.address_of_symbol("GOMP_parallel") is not None
     return False
+
+
+_PINNED: list[ctypes.CDLL] = []
+
+
+def _pin_library(name: str) -> None:
+    """Open ``name`` with ``RTLD_NODELETE`` so that it stays mapped until the process ends.
+
+    LLVM closes the libraries it loaded "permanently" in an exit handler, and libgomp's
+    threads may still be spinning in libgomp's code then (after the last parallel loop, for
+    ``GOMP_SPINCOUNT`` rounds, or for ever with ``OMP_WAIT_POLICY=active``): unmapping it
+    under them crashed the process at exit (SIGSEGV)."""
+    mode = os.RTLD_GLOBAL | getattr(os, "RTLD_NODELETE", 0)
+    _PINNED.append(ctypes.CDLL(name, mode=mode))
 
 
 @attrs.frozen

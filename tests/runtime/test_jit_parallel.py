@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -122,3 +126,37 @@ def test_spin_count_default_respects_the_users_wait_policy():
     out = subprocess.run([sys.executable, "-c", probe], env=clean, capture_output=True,
                          text=True, check=True).stdout.split()
     assert out == [str(GOMP_SPIN_COUNT), "True"]
+
+
+EXIT_WHILE_SPINNING = """
+import numpy as np
+from lowering import builder as lb
+from lowering.builder import KernelBuilder
+from lowering.loop_ir import PARALLEL, f32
+from runtime.jit import JitEngine
+
+b = KernelBuilder("spin")
+x = b.input("x", f32, (64,))
+y = b.output("y", f32, (64,))
+with b.for_range(64, kind=PARALLEL) as i:
+    b.store(y, i, x[i] * 2.0)
+kernel = b.build()
+library = JitEngine().compile_kernels([kernel])
+data, out = np.arange(64, dtype=np.float32), np.zeros(64, np.float32)
+for _ in range(20):
+    library.get_function("spin")(data, out, threads=2)
+assert out[63] == 126.0
+print("done", flush=True)
+"""
+
+
+@pytest.mark.parametrize("policy", [{"OMP_WAIT_POLICY": "active"}, {}], ids=["active", "default"])
+def test_process_exits_cleanly_while_openmp_threads_spin(policy):
+    """libgomp stays mapped until the process is gone: LLVM's exit handler closes the
+    libraries it loaded while libgomp's threads still spin in them (for ever with
+    ``OMP_WAIT_POLICY=active``); the process used to die with SIGSEGV at exit."""
+    environ = {k: v for k, v in os.environ.items()
+               if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")} | policy
+    done = subprocess.run([sys.executable, "-c", EXIT_WHILE_SPINNING], check=False,
+                          capture_output=True, text=True, env=environ, timeout=120)
+    assert (done.returncode, done.stdout.strip()) == (0, "done"), done.stderr[-2000:]
