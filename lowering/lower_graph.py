@@ -259,7 +259,7 @@ def _lower_group(ctx: LoweringContext, group: Group) -> list[Step]:
         kernels = lower_elementwise(ctx, anchor, epilogue, named=nodes[0])
     else:
         kernels = fn(ctx, anchor, epilogue)
-    return [Step(k, tuple(n.origin for n in nodes)) for k in kernels]
+    return [Step(k, tuple(n.origin for n in nodes), anchor.origin) for k in kernels]
 
 
 def make_kernel(b: lb.KernelBuilder) -> Kernel:

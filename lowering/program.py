@@ -23,10 +23,13 @@ from lpjit.graph import Origin
 
 @attrs.frozen(eq=False)
 class Step:
-    """Run ``kernel`` on its buffer parameters; it computes graph ``layers`` (a fused group)."""
+    """Run ``kernel`` on its buffer parameters; it computes graph ``layers`` (a fused group, in
+    graph order); ``anchor`` is the layer whose lowering made the kernel (the group's
+    convolution, say, when an input Quantize inlined into it comes first; None: the first)."""
 
     kernel: Kernel
     layers: tuple[Origin, ...] = attrs.field(converter=tuple)
+    anchor: Origin | None = None
 
     @property
     def buffers(self) -> tuple[Buffer, ...]:

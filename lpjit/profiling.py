@@ -108,10 +108,13 @@ class StepInfo:
         """``conv1 + relu1``: the layers of the fused group."""
         return " + ".join(self.layers) or self.kernel
 
+    anchor: int = 0
+
     @property
     def op(self) -> str:
-        """The IR type of the group's first layer (the anchor)."""
-        return self.layer_types[0] if self.layer_types else "-"
+        """The IR type of the group's anchor (``layers[anchor]``: the layer whose lowering
+        made the kernel, e.g. the Convolution of a step that also quantizes its input)."""
+        return self.layer_types[self.anchor] if self.layer_types else "-"
 
     @property
     def precision(self) -> str:
@@ -142,8 +145,10 @@ def describe_steps(program: Program, graph: Graph) -> tuple[StepInfo, ...]:
         total = share_of[step.layers]
         ops = group_ops if total == 0 else group_ops * written[index] // total
         reads, writes, weights = _step_types(step, index, used_by)
+        anchor = step.layers.index(step.anchor) if step.anchor in step.layers else 0
         infos.append(StepInfo(index, step.kernel.name, tuple(o.name for o in step.layers),
-                              tuple(o.type for o in step.layers), reads, writes, weights, ops))
+                              tuple(o.type for o in step.layers), reads, writes, weights, ops,
+                              anchor))
     return tuple(infos)
 
 

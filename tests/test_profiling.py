@@ -42,19 +42,28 @@ def test_count_ops_follows_the_documented_rules():
 
 
 def test_steps_of_an_int8_model_read_u8_with_i8_weights():
+    """The first convolution quantizes its f32 input itself (one step, named by its
+    Convolution, not by the Quantize inlined before it) and requantizes its output; the second
+    reads those u8 levels with i8 weights."""
     rng = np.random.default_rng(1)
     x = parameter((1, 4, 6, 6))
-    q = fake_quantize(x.output, -1.0, 1.0)
-    weights = compressed_weights(rng.integers(-127, 128, (8, 4, 3, 3)), dtypes.i8,
-                                 rng.uniform(0.01, 0.02, (8, 1, 1, 1)).astype(np.float32))
-    out = relu(conv(q, weights))
+
+    def q_conv(data, out_channels, in_channels):
+        weights = compressed_weights(rng.integers(-127, 128, (out_channels, in_channels, 3, 3)),
+                                     dtypes.i8, rng.uniform(0.01, 0.02, (out_channels, 1, 1, 1)
+                                                            ).astype(np.float32))
+        return relu(conv(data, weights))
+
+    hidden = fake_quantize(q_conv(fake_quantize(x.output, -1.0, 1.0), 8, 4), 0.0, 2.0)
+    out = q_conv(hidden, 8, 8)
     compiled = lpjit.compile(graph([x], out), threads=1)
     steps = describe_steps(compiled.program, compiled.graph)
-    assert len(steps) == len(compiled.program.steps)
-    [conv_step] = [s for s in steps if s.op == "Convolution"]
-    assert conv_step.precision == "u8 x i8 -> f32"
-    assert conv_step.ops == 2 * (8 * 6 * 6) * (4 * 9) + 8 * 6 * 6   # conv + fused ReLU
-    assert steps[0].precision == "f32 -> u8"                           # the Quantize
+    assert len(steps) == len(compiled.program.steps) == 2
+    first, second = steps
+    assert (first.op, second.op) == ("Convolution", "Convolution")
+    assert first.layer_types[0] == "FakeQuantize"                     # inlined, in graph order
+    assert (first.precision, second.precision) == ("f32 x i8 -> u8", "u8 x i8 -> f32")
+    assert second.ops == 2 * (8 * 6 * 6) * (8 * 9) + 8 * 6 * 6        # conv + fused ReLU
 
 
 def test_profile_and_trace_cover_every_step_of_every_iteration():
