@@ -15,6 +15,7 @@ kernels (conv, matmul) write vector code directly.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import attrs
@@ -299,20 +300,13 @@ def lower_elementwise(ctx: LoweringContext, node: Node, epilogue: Epilogue,
     shape = node.output_types[0].shape
     b = kernel_builder(ctx, named or node)
     indices: list[Expr] = []
-    parallel = ctx.options.threads != 1 and _numel(shape) >= PARALLEL_ELEMENTWISE_MIN
+    parallel = ctx.options.threads != 1 and math.prod(shape) >= PARALLEL_ELEMENTWISE_MIN
     with loop_nest(b, shape, ctx.lanes, indices, parallel=parallel):
         lanes = 1
         args = [_bound(b, ctx.load(v, indices, lanes, operand_shape(node, i), b))
                 for i, v in enumerate(node.inputs)]
         epilogue.store(b, indices, emit(node, args))
     return [make_kernel(b)]
-
-
-def _numel(shape: Sequence[int]) -> int:
-    count = 1
-    for extent in shape:
-        count *= extent
-    return count
 
 
 class loop_nest:
