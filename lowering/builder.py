@@ -240,9 +240,13 @@ class KernelBuilder:
         self._blocks[-1].append(_Open(LocalVar, var, init))
         return var
 
-    def allocate(self, name: str, dtype: ScalarType, shape: Sequence[int]) -> Buffer:
-        """A scratch buffer (e.g. a register tile) for the rest of the block."""
-        buf = Buffer(self.fresh(name), dtype, tuple(shape), role="scratch")
+    def allocate(self, name: str, dtype: ScalarType, shape: Sequence[int],
+                 strides: Sequence[int] | None = None) -> Buffer:
+        """A scratch buffer (e.g. a register tile) for the rest of the block; ``strides``
+        (default contiguous) may be 0 along dimensions whose index only names the iteration
+        that owns the buffer (one plane per loop iteration, indexed like a shared one)."""
+        buf = (Buffer(self.fresh(name), dtype, tuple(shape), role="scratch") if strides is None
+               else Buffer(self.fresh(name), dtype, tuple(shape), tuple(strides), "scratch"))
         self._blocks[-1].append(_Open(Allocate, buf, None))
         return buf
 

@@ -42,6 +42,7 @@ from lowering.loop_ir import (
     Select,
     Var,
     as_expr,
+    contiguous_strides,
     f32,
     i32,
     u8,
@@ -271,15 +272,16 @@ def lower_q_depthwise(ctx: LoweringContext, node: Node, epilogue: Epilogue, g: C
     plan = DepthwisePlan.of(g, ctx.lanes, registers, packed.shape[1] * packed.shape[2])
     b = kernel_builder(ctx, node)
     outer = g.in_spatial[0] + g.pads_begin[0] + g.pads_end[0]
-    p = Buffer(ctx.name(node.origin.name + "_padded"), u8,
-               (g.batch, g.channels, 1, outer, 1, plan.plane_width(g)), role="scratch",
-               alignment=64)
+    width = plan.plane_width(g)
     flat = attrs.evolve(g, strides=(g.strides[0], 1))
     byte_lanes = 4 * ctx.lanes
-    copier = BlockedCopy(b, flat, ctx.buffer(node.inputs[0]), p, 1, byte_lanes, byte_lanes)
     count = g.batch * g.channels
     with b.for_range(count, kind=loop_kind(parallel, count), name="nc") as t:
         n, c = unravel(t, (g.batch, g.channels))
+        p = _plane_buffer(b, node.origin.name + "_padded", (g.batch, g.channels, 1),
+                          (outer, 1, width))
+        copier = BlockedCopy(b, flat, ctx.buffer(node.inputs[0]), p, 1, byte_lanes,
+                             byte_lanes)
         copier.dims((n, c, 0))
         writer = _DepthwiseWriter(b, g, p, step, tables, epilogue, lean, n, c,
                                   _weight_vectors(b, constant, c, plan, group))
@@ -370,14 +372,23 @@ def _pow2(n: int) -> int:
     return 1 << (n - 1).bit_length()
 
 
+def _plane_buffer(b: lb.KernelBuilder, name: str, owners: tuple[int, ...],
+                  plane: tuple[int, ...]) -> Buffer:
+    """The padded plane of one loop iteration, on the stack of the thread that runs it:
+    indexed ``[*owners, *plane]`` like one plane per (n, c) but with stride 0 along the
+    owner dimensions, so its bytes stay in that core's L1 from copy to use (a shared scratch
+    array would be written once per inference, its lines fetched from wherever the memory
+    plan last used them: from the other core's cache, 2 threads)."""
+    strides = (0,) * len(owners) + contiguous_strides(plane)
+    return b.allocate(name, u8, (*owners, *plane), strides)
+
+
 def _lower_grid(ctx: LoweringContext, node: Node, g: ConvGeometry, grid: Grid,
                 packed: Buffer, tables: EpilogueTables, step: DotStep, lean: LeanRequantize,
                 epilogue: Epilogue, parallel: bool) -> Kernel:
     """The depthwise kernel on the grid (see ``Grid``), with the lean epilogue."""
     b = kernel_builder(ctx, node)
     name = node.origin.name
-    p = Buffer(ctx.name(name + "_padded"), u8, (g.batch, g.channels, grid.plane_length(g)),
-               role="scratch", alignment=64)
     x = ctx.buffer(node.inputs[0])
     count = g.batch * g.channels
     lanes, group = grid.lanes, step.group
@@ -386,16 +397,20 @@ def _lower_grid(ctx: LoweringContext, node: Node, g: ConvGeometry, grid: Grid,
         n, c = unravel(t, (g.batch, g.channels))
         flat = _flat_plane(x, x.name + "_plane")
         registers = None
+        p = None
         if flat is not None and grid.plane_length(g) <= MAX_REGISTER_PLANE:
             registers = _register_plane(b, g, grid, flat, n, c)
         else:
+            p = _plane_buffer(b, name + "_padded", (g.batch, g.channels),
+                              (grid.plane_length(g),))
             _grid_copy(b, g, grid, x, p, n, c)
         results = []
         for v in range(grid.vectors):
             acc: Expr = lb.broadcast(0, lanes, i32)
             for kh in range(kernel_h):
                 base = v * lanes + kh * dh * grid.width
-                window = Load(p, (n, c, lb.ramp(base, grid.window(g))))
+                window = (None if p is None
+                          else Load(p, (n, c, lb.ramp(base, grid.window(g)))))
                 for tg in range(packed.shape[2]):
                     indices = [j + ((tg * group + e) * dw if tg * group + e < kernel_w else 0)
                                for j in range(lanes) for e in range(group)]

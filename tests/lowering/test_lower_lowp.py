@@ -31,7 +31,7 @@ from lowp_graphs import (
 )
 from lowp_graphs import const as _const
 
-from lowering.loop_ir import Kernel
+from lowering.loop_ir import PARALLEL, Allocate, For, Kernel
 from lowering.lower_graph import LoweringOptions, lower_graph_to_loops
 from lowering.microkernels import DotI8Pairs, DotU8I8Quad, DotU8I8Saturating, Microkernel
 from lowering.ops.lowp import integer_kernels, max_level, q_conv_schedule
@@ -715,6 +715,27 @@ def test_q_depthwise_grid(target, shape, begin, end, extra):
     narrow = program.outputs[0].shape[-1] < target.f32_lanes
     assert (Grid.of(grid_geometry(shape, begin, end, extra), target.f32_lanes) is not None
             ) == (narrow and target.f32_lanes >= 8)
+
+
+@pytest.mark.parametrize("shape, strides", [((1, 6, 9, 40), (2, 2)), ((1, 5, 30, 9), (1, 1))],
+                         ids=["rows", "tall_grid"])
+def test_q_depthwise_padded_plane_per_iteration(shape, strides):
+    """The padded plane is allocated per (n, c) iteration of the parallel loop, on the
+    running thread's stack, not a shared scratch array (whose lines the other core may hold
+    from another step: the MobileNetV2 depthwise layers did not scale to 2 threads): no
+    kernel parameter holds it; two threads are bit-exact against the reference."""
+    channels = shape[1]
+    g, inputs = conv_graph(shape, (channels, 1, 1, 3, 3), (1, 1), (1, 1), strides=strides,
+                           per_channel=True)
+    program = lower(g, HOST, threads=2)
+    kernel = program.steps[0].kernel
+    assert not [p for p in kernel.params if "_padded" in getattr(p, "name", "")]
+    loops = [n for n in walk(kernel.body) if isinstance(n, For) and n.kind == PARALLEL]
+    assert loops and any(isinstance(n, Allocate) and "_padded" in n.buffer.name
+                         for n in walk(loops[0].body))
+    expected = reference.run(g, inputs)
+    actual = run_program(program, inputs, compiler_for(HOST))
+    np.testing.assert_array_equal(actual[0], np.asarray(expected[0]).astype(actual[0].dtype))
 
 
 def grid_geometry(shape, begin, end, extra):
