@@ -164,7 +164,8 @@ class LoweringContext:
                     for i, v in enumerate(node.inputs)]
             return emit(node, [_bound(b, a) for a in args] if b is not None else args)
         buffer = self.buffer(value)
-        if shape is not None and tuple(shape) != buffer.shape:
+        # (a buffer bound as a view of other shape, e.g. regrouped rows, is read as it is)
+        if shape is not None and tuple(shape) not in (buffer.shape, tuple(value.type.shape)):
             buffer = _unit_dims_view(buffer, tuple(shape))
         rank = len(buffer.shape)
         mine = list(indices)[len(indices) - rank:] if rank else []

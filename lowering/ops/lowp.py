@@ -30,6 +30,7 @@ from lowering.ops.lowp_conv import (
     epilogue_tables,
     lower_q_conv,
     q_conv_geometry,
+    scheduled_geometry,
 )
 from lowering.ops.lowp_conv_channels import lower_q_conv_by_channels
 from lowering.ops.lowp_depthwise import depthwise_weight_pairs, lower_q_depthwise
@@ -105,7 +106,8 @@ def lower_q_convolution(ctx: LoweringContext, node: lowp.QConvolution,
                                   activations)]
     dot = choose_dot_step(ctx.target, lambda: conv_weight_pairs(weights, DOT_GROUPS["quad"]),
                           activations)
-    layout, tile = q_conv_schedule(ctx.target, dot, g)
+    layout, tile = q_conv_schedule(ctx.target, dot,
+                                   scheduled_geometry(ctx, node, g, epilogue, dot))
     lower = lower_q_conv_by_channels if layout == "channels" else lower_q_conv
     return [lower(ctx, node, epilogue, g, weights, tables, dot, tile, parallel)]
 

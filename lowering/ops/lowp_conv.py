@@ -643,24 +643,45 @@ def blocks_outer(output: Buffer, rows: int, threads: int) -> bool:
 MAX_REGROUPED_WIDTH = 1024
 
 
-def pointwise_over_pixels(g: ConvGeometry, epilogue: Epilogue, data: Buffer) -> bool:
+def pointwise_operands(ctx: LoweringContext, g: ConvGeometry, epilogue: Epilogue,
+                       data: Buffer | ConvInput) -> list[Value] | None:
     """Whether output pixel ``p`` (row-major over the spatial dims) reads only input pixel
-    ``p`` (a 1x1 kernel, strides 1, no pads), the data and output are contiguous, and the
-    epilogue reads no other tensor per pixel (its operands are broadcast over the spatial
-    dims): then the image may be cut into rows of any length."""
+    ``p`` (a 1x1 kernel, strides 1, no pads) and the data and output are contiguous: then the
+    image may be cut into rows of any length.  The values the epilogue reads per pixel (a
+    residual, through inlined producers) must then be contiguous buffers of the output's
+    shape, seen with the same rows; returns them (``[]`` when every operand is broadcast over
+    the spatial dims), else ``None``."""
     if g.spatial_rank < 2 or any(k != 1 for k in g.kernel) or any(s != 1 for s in g.strides) \
-            or any(g.pads_begin) or any(g.pads_end):
-        return False
+            or any(g.pads_begin) or any(g.pads_end) or not isinstance(data, Buffer):
+        return None
     if any(buffer.strides != contiguous_strides(buffer.shape)
            for buffer in (data, epilogue.output)):
-        return False
+        return None
+    shape = epilogue.output.shape
+    found: list[Value] = []
+
+    def per_pixel(value: Value) -> bool:
+        """Whether ``value`` is broadcast over the pixels, or a contiguous buffer of the
+        output's shape (or computed where it is read from such buffers); collects those."""
+        if all(extent == 1 for extent in value.type.shape[-g.spatial_rank:]):
+            return True
+        if tuple(value.type.shape) != tuple(shape):
+            return False
+        node = ctx.inlined.get(value)
+        if node is not None:
+            return all(per_pixel(v) for v in node.inputs)
+        buffer = ctx.buffer(value)
+        if buffer.strides != contiguous_strides(buffer.shape) or buffer.shape != shape:
+            return False
+        if value not in found:
+            found.append(value)
+        return True
+
     group = epilogue.group
     for node, port in zip(group.chain, group.ports):
-        for i, value in enumerate(node.inputs):
-            spatial = value.type.shape[-g.spatial_rank:] if i != port else ()
-            if any(extent != 1 for extent in spatial):
-                return False
-    return True
+        if not all(per_pixel(v) for i, v in enumerate(node.inputs) if i != port):
+            return None
+    return found
 
 
 def regrouped_rows(ctx: LoweringContext, g: ConvGeometry, step: DotStep, cost: float) -> int:
@@ -679,34 +700,72 @@ def regrouped_rows(ctx: LoweringContext, g: ConvGeometry, step: DotStep, cost: f
     return min(lengths, key=lambda d: (total(d) - 1e-9 * (d == width), d))
 
 
+@attrs.frozen
+class Regrouped:
+    """A pointwise convolution seen over rows of ``regrouped_rows`` pixels: its geometry,
+    epilogue and data (views), and the views of the buffers its epilogue reads per pixel
+    (``views``: value -> view, bound while its kernel is built)."""
+
+    g: ConvGeometry
+    epilogue: Epilogue
+    data: Buffer | ConvInput
+    views: dict[Value, Buffer] = attrs.field(factory=dict)
+
+
+def epilogue_cost(epilogue: Epilogue) -> float:
+    """Instructions per output vector of the epilogue (``integer_tile_cost``)."""
+    return FORMULA_PER_VECTOR if epilogue.is_identity else EPILOGUE_PER_VECTOR
+
+
 def regroup_pointwise(ctx: LoweringContext, node: Node, g: ConvGeometry, epilogue: Epilogue,
-                      data: Buffer | ConvInput, step: DotStep, cost: float
-                      ) -> tuple[ConvGeometry, Epilogue, Buffer | ConvInput]:
-    """A pointwise convolution (``pointwise_over_pixels``) as one over an image of rows of
-    ``regrouped_rows`` pixels: its geometry, epilogue and data seen with that shape (views);
-    anything else unchanged."""
-    if not pointwise_over_pixels(g, epilogue, data):
-        return g, epilogue, data
-    length = regrouped_rows(ctx, g, step, cost)
+                      data: Buffer | ConvInput, step: DotStep) -> Regrouped:
+    """A pointwise convolution (``pointwise_operands``) as one over an image of rows of
+    ``regrouped_rows`` pixels; anything else unchanged."""
+    operands = pointwise_operands(ctx, g, epilogue, data)
+    if operands is None:
+        return Regrouped(g, epilogue, data)
+    length = regrouped_rows(ctx, g, step, epilogue_cost(epilogue))
     if length == g.out_spatial[-1]:
-        return g, epilogue, data
+        return Regrouped(g, epilogue, data)
     rows = math.prod(g.out_spatial) // length
     spatial = (1,) * (g.spatial_rank - 2) + (rows, length)
     name = node.origin.name
-    output = epilogue.output
-    views = (data.view(f"{name}_data_rows", (*data.shape[:2], *spatial)),
-             output.view(f"{name}_output_rows", (*output.shape[:2], *spatial)))
+
+    def rows_view(buffer: Buffer, what: str) -> Buffer:
+        return buffer.view(f"{name}_{what}_rows", (*buffer.shape[:2], *spatial))
+
+    output = rows_view(epilogue.output, "output")
+    views = {value: rows_view(ctx.buffer(value), ctx.buffer(value).name)
+             for value in operands}
     regrouped = attrs.evolve(g, in_spatial=spatial, out_spatial=spatial)
-    return regrouped, attrs.evolve(epilogue, output=views[1]), views[0]
+    return Regrouped(regrouped, attrs.evolve(epilogue, output=output),
+                     rows_view(data, "data"), views)
+
+
+def scheduled_geometry(ctx: LoweringContext, node: Node, g: ConvGeometry, epilogue: Epilogue,
+                       step: DotStep) -> ConvGeometry:
+    """The geometry the convolution's tiles see: regrouped rows for a pointwise one."""
+    return regroup_pointwise(ctx, node, g, epilogue, conv_input(ctx, node), step).g
 
 
 def lower_q_conv(ctx: LoweringContext, node: Node, epilogue: Epilogue, g: ConvGeometry,
                  weights: np.ndarray, tables: EpilogueTables, step: DotStep,
                  tile: RegisterTile, parallel: bool) -> Kernel:
     """The integer direct convolution kernel (see the module docstring)."""
-    cost = FORMULA_PER_VECTOR if epilogue.is_identity else EPILOGUE_PER_VECTOR
-    g, epilogue, data = regroup_pointwise(ctx, node, g, epilogue, conv_input(ctx, node),
-                                          step, cost)
+    regrouped = regroup_pointwise(ctx, node, g, epilogue, conv_input(ctx, node), step)
+    saved = {value: ctx.buffers[value] for value in regrouped.views}
+    ctx.buffers.update(regrouped.views)
+    try:
+        return _lower_q_conv(ctx, node, regrouped.epilogue, regrouped.g, regrouped.data,
+                             weights, tables, step, tile, parallel)
+    finally:
+        ctx.buffers.update(saved)
+
+
+def _lower_q_conv(ctx: LoweringContext, node: Node, epilogue: Epilogue, g: ConvGeometry,
+                  data: Buffer | ConvInput, weights: np.ndarray, tables: EpilogueTables,
+                  step: DotStep, tile: RegisterTile, parallel: bool) -> Kernel:
+    cost = epilogue_cost(epilogue)
     tile = integer_tile(ctx.target, step, g.group_out, g.out_spatial[-1],
                         steps=reduction_steps(g, step),
                         epilogue=cost) if g.out_spatial[-1] > 1 else tile

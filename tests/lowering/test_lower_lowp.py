@@ -190,24 +190,37 @@ def test_outputs_larger_than_the_cache_are_written_block_by_block(monkeypatch, c
 @pytest.mark.parametrize("target", [HOST, AVX2], ids=lambda t: t.cpu)
 @pytest.mark.parametrize("threads", [1, 2])
 def test_pointwise_convolution_runs_over_rows_of_whole_vectors(target, threads):
-    """A 1x1 convolution whose epilogue reads only per-channel constants sees its 4x28 image
-    as rows of whole vectors (one row of 112 = 7 x 16 pixels with VNNI; split by output-channel
-    blocks on two threads, as the 4 rows that a residual read per pixel keeps).  Exact."""
+    """A 1x1 convolution sees its 4x28 image as rows of whole vectors (one row of 112 = 7 x
+    16 pixels with VNNI; split by output-channel blocks on two threads): with an epilogue of
+    per-channel constants, with an f32 residual read per pixel, and with the MobileNetV2
+    residual (Dequantize of u8 levels, computed where it is read) whose buffer is seen as the
+    same rows.  Exact."""
     shape = (1, 9, 4, 28)
     node, params = q_conv(shape, RNG.integers(-128, 128, (1, 20, 9, 1, 1)), (0, 0), (0, 0))
-    y = relu(add(node.output, _const(RNG.uniform(-0.5, 0.5, (1, 20, 1, 1)).astype(F32))))
-    q = lowp.Quantize(origin=origin("requantize", "Quantize"),
-                      inputs=(y, vector([0.0]), vector([3.0])), levels=256).output
+
+    def requantize(y: Value, name: str = "requantize") -> Value:
+        return lowp.Quantize(origin=origin(name, "Quantize"),
+                             inputs=(y, vector([-2.0]), vector([3.0])), levels=256).output
+
+    biased = add(node.output, _const(RNG.uniform(-0.5, 0.5, (1, 20, 1, 1)).astype(F32)))
     residual = parameter((1, 20, 4, 28), "r")
-    for output, rows in ((q, True), (add(node.output, residual.output), False)):
-        g = graph(params + ([] if rows else [residual]), output)
+    levels = parameter((1, 20, 4, 28), "levels", dtypes.u8)
+    dequantized = lowp.Dequantize(origin=origin("dequantize", "Dequantize"),
+                                  inputs=(levels.output, vector([-1.5]), vector([2.0])),
+                                  levels=256).output
+    cases = ((requantize(relu(biased)), []),
+             (add(node.output, residual.output), [residual]),
+             (requantize(relu(add(biased, dequantized, "residual"))), [levels]))
+    for output, extra in cases:
+        g = graph(params + extra, output)
         program = lower(g, target, threads)
         kernel = str(program.steps[0].kernel)
-        assert ("qconv_output_rows" in kernel) == rows
-        assert ("for t in " in kernel) == (threads == 2)       # 1 or 4 rows for 2 threads
+        assert "qconv_output_rows" in kernel
+        assert all(f"qconv_{p.origin.name}_rows[" in kernel for p in extra), kernel
+        assert ("for t in " in kernel) == (threads == 2)       # 1 row for 2 threads
         inputs = [levels_like(shape)]
-        if not rows:
-            inputs.append(RNG.uniform(-1, 1, residual.shape).astype(F32))
+        inputs += [RNG.uniform(-1, 1, residual.shape).astype(F32) if p is residual
+                   else levels_like(p.shape) for p in extra]
         actual = run_program(program, inputs, compiler_for(target))
         np.testing.assert_array_equal(actual[0], np.asarray(reference.run(g, inputs)[0]))
 
