@@ -68,6 +68,7 @@ from lowering.lower_graph import Epilogue, LoweringContext, kernel_builder, make
 from lowering.ops.lowp_requantize import (
     DeferredExact,
     Dequantized,
+    TailForm,
     emit_fast_requantize,
     plan_fast_requantize,
 )
@@ -529,6 +530,16 @@ class FastTables:
     out_low: Buffer | float = 0.0       # [OC]: its ol
     checked: Buffer | bool = True       # [OC] i32: whether the tie test runs (``tie_flags``)
     fused: bool = False                 # t by one FMA (the target has FMA)
+    tail: TailForm | None = None        # the rest of the chain after ``output``'s FakeQuantize
+
+    def tail_levels(self, ctx: LoweringContext, b: lb.KernelBuilder, index: Sequence[Index],
+                    lanes: int) -> tuple[TailForm, Expr] | None:
+        """``emit_fast_requantize``'s ``tail`` for the output vector at ``index``: the form
+        and the u8 levels it reads there; ``None`` without a tail."""
+        if self.tail is None:
+            return None
+        levels = ctx.load(self.tail.levels, [as_expr(i) for i in index], lanes, b=b)
+        return self.tail, b.let(levels, "r")
 
     def value(self, field: str, load: Callable[[Buffer], Expr], lanes: int) -> Expr:
         """``field`` for one output vector: ``load(buffer)``, or the splat float."""
@@ -581,7 +592,7 @@ def fast_requantize_tables(ctx: LoweringContext, node: Node, epilogue: Epilogue,
     plan = plan_fast_requantize(epilogue, weights, tables.step.data, tables.scale.data,
                                 tables.zero_point.data, 2 + g.spatial_rank,
                                 max_level(node.inputs[0]), lanes, ctx.target.has_fma)
-    if plan is None or (by_class and plan.output is not None):
+    if plan is None or (by_class and plan.output is not None and plan.tail is None):
         return None
     name = node.origin.name
 
@@ -610,7 +621,7 @@ def fast_requantize_tables(ctx: LoweringContext, node: Node, epilogue: Epilogue,
                       0.0 if output is None else channel_vector(output.span, "span"),
                       0.0 if output is None else channel_vector(output.out_low, "out_low"),
                       flags if isinstance(flags, bool) else ctx.constant(name + "_checked", flags),
-                      plan.fused)
+                      plan.fused, plan.tail)
 
 
 
@@ -885,7 +896,8 @@ class _QConvWriter:
                 else lambda: deferred.defer(self.b, r, v, kept),
                 lambda q: self.b.store(self.epilogue.output, index, q),
                 fast.dequantized(lambda t: per_channel(t, (channel,), lanes), lanes),
-                fast.check(lambda t: Load(t, (channel,))), fast.fused)
+                fast.check(lambda t: Load(t, (channel,))), fast.fused,
+                fast.tail_levels(self.epilogue.ctx, self.b, index, lanes))
 
         emit_dot_tile(self.b, self.step, self.block_rows, columns.count, lanes, reduction,
                       g.kernel[-1], weights, activations, store, broadcast_is_activation=False)

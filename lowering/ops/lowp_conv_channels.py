@@ -196,7 +196,7 @@ class _ChannelWriter:
                 lambda q: self.b.store(self.epilogue.output, index, q),
                 fast.dequantized(lambda t: Load(t, (channels,)), lanes),
                 fast.check(lambda t: Load(t, (add(mul(group, g.group_out), columns.start(v)),))),
-                fast.fused)
+                fast.fused, fast.tail_levels(self.epilogue.ctx, self.b, index, lanes))
 
         emit_dot_tile(self.b, self.step, self.rows, columns.count, lanes, reduction,
                       g.kernel[-1], activations, weights, store, broadcast_is_activation=True)

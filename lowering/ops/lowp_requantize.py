@@ -20,7 +20,7 @@ the reference for every input; the proof is the threshold comparison, done per l
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import attrs
 import numpy as np
@@ -42,7 +42,8 @@ from lowering.loop_ir import (
 )
 from lowering.lower_graph import Epilogue
 from lowering.ops.nn_tiles import vector_index
-from lpjit.graph import Node, constant_value
+from lpjit import dtypes
+from lpjit.graph import Node, Value, constant_value
 from lpjit.ops import activations as act
 from lpjit.ops import elementwise as elt
 from lpjit.ops import lowp
@@ -71,6 +72,30 @@ class FastRequantize:
     limit: np.ndarray
     output: Dequantized | None = None
     fused: bool = False
+    tail: TailForm | None = None
+
+
+@attrs.frozen
+class TailForm:
+    """The rest of a chain after its first FakeQuantize as one more fast step: a residual
+    ``FakeQuantize -> Add(Dequantize(r)) -> [Relu | Clamp | affine]... -> Quantize`` with
+    per-tensor constants maps FakeQuantize's level ``q`` and the other tensor's level ``r``
+    (u8) to the output level; the fast form is
+
+        t2 = q * a + (r * b + c)       (FMAs where the plan's ``fused``; f32 steps)
+        level = clamp(rint(t2), 0, high)
+
+    checked against the reference's own evaluation of the rest on *every* pair ``(q, r)`` of
+    trusted FakeQuantize levels (``Dequantized``) and u8 levels: at run time a lane with
+    ``|t2 - rint(t2)| < limit`` is one of the pairs where the two agree, so it needs none of
+    the rest's f32 divisions; any other vector takes the exact chain."""
+
+    a: float
+    b: float
+    c: float
+    limit: float
+    high: float
+    levels: Value               # the u8 level indices ``r`` the rest dequantizes
 
 
 @attrs.frozen
@@ -139,17 +164,18 @@ def _per_channel(array: np.ndarray, rank: int, channels: int) -> np.ndarray | No
     return np.broadcast_to(array.reshape(shape)[0].reshape(-1), (channels,))
 
 
-def _chain(epilogue: Epilogue, rank: int, channels: int) -> _Chain | None:
-    """The chain when it is monotone affine steps and clamps ending in a Quantize, with
-    per-channel constant operands; else ``None``."""
-    group = epilogue.group
-    if not group.chain or not isinstance(group.chain[-1], (lowp.Quantize, FakeQuantize)):
+def _chain(nodes: Sequence[Node], ports: Sequence[int], rank: int, channels: int
+           ) -> _Chain | None:
+    """The chain ``nodes`` (reading the previous value at ``ports``) when it is monotone
+    affine steps and clamps ending in a Quantize, with per-channel constant operands; else
+    ``None``."""
+    if not nodes or not isinstance(nodes[-1], (lowp.Quantize, FakeQuantize)):
         return None
     slope, shift = np.ones(channels), np.zeros(channels)
     steps: list[tuple[Node, int, list[np.ndarray]]] = []
     quantize: tuple[int, np.ndarray, np.ndarray] | None = None
     output = None
-    for node, port in zip(group.chain, group.ports):
+    for node, port in zip(nodes, ports):
         others = [constant_value(v) for i, v in enumerate(node.inputs) if i != port]
         if any(c is None for c in others) or type(node) not in EVALUATORS:
             return None
@@ -167,7 +193,7 @@ def _chain(epilogue: Epilogue, rank: int, channels: int) -> _Chain | None:
                 shift = shift + c if isinstance(node, elt.Add) else shift - c
         elif isinstance(node, (lowp.Quantize, FakeQuantize)):
             low, high = wide[:2]
-            if node is not group.chain[-1] or not np.all(low < high):
+            if node is not nodes[-1] or not np.all(low < high):
                 return None
             factor = (node.levels - 1) / (high - low)
             slope, shift = slope * factor, (shift - low) * factor
@@ -193,7 +219,87 @@ def _chain(epilogue: Epilogue, rank: int, channels: int) -> _Chain | None:
             x = level_index(x, low[oc], high[oc], levels)
         return x.astype(np.int64)
 
-    return _Chain(run, slope, shift, group.chain[-1].levels, output)
+    return _Chain(run, slope, shift, nodes[-1].levels, output)
+
+
+# The tail's fast form must serve at least this share of the (level, level) pairs.
+MIN_TAIL_SHARE = 0.9
+
+
+def _tail_form(nodes: Sequence[Node], ports: Sequence[int], output: Dequantized,
+               fused: bool) -> TailForm | None:
+    """``TailForm`` of the chain ``nodes`` that follows a FakeQuantize whose per-level values
+    ``output`` describes, or ``None``: it must end in a Quantize, read per-tensor constants
+    and one ``Dequantize`` of u8 levels with per-tensor constants, and the fitted form must
+    agree with the reference on at least ``MIN_TAIL_SHARE`` of the pairs (away from ties)."""
+    if not nodes or not isinstance(nodes[-1], lowp.Quantize):
+        return None
+
+    def scalar(value: Value) -> np.ndarray | None:
+        data = constant_value(value)
+        return None if data is None or np.size(data) != 1 else np.asarray(data).reshape(())
+
+    spans, lows = output.span, output.out_low
+    if not (np.all(spans == spans[0]) and np.all(lows == lows[0])):
+        return None
+    levels = output.levels
+    q = np.arange(levels, dtype=F32)
+    x = (q / F32(levels - 1) * spans[0] + lows[0]).astype(F32)[:, None]
+    other: Value | None = None
+    last = nodes[-1]
+    for node, port in zip(nodes[:-1], ports[:-1]):
+        if type(node) not in EVALUATORS:
+            return None
+        args = []
+        for i, value in enumerate(node.inputs):
+            constant = None if i == port else scalar(value)
+            if i == port or constant is not None:
+                args.append(x if i == port else constant)
+                continue
+            source = value.node
+            if other is not None or not isinstance(source, lowp.Dequantize):
+                return None
+            ranges = [scalar(v) for v in source.inputs[1:]]
+            if any(r is None for r in ranges) or source.inputs[0].type.dtype != dtypes.u8:
+                return None
+            other = source.inputs[0]
+            r = np.arange(256, dtype=np.uint8)
+            args.append(np.asarray(EVALUATORS[lowp.Dequantize](source, r, *ranges))[None, :])
+        with np.errstate(all="ignore"):
+            x = np.asarray(EVALUATORS[type(node)](node, *args))
+        x = x.astype(node.output_types[0].dtype.numpy, copy=False)
+    bounds = [scalar(v) for v in last.inputs[1:]]
+    if other is None or ports[-1] != 0 or any(v is None for v in bounds):
+        return None
+    x = np.broadcast_to(x, (levels, 256)).astype(F32)
+    expected = level_index(x, bounds[0], bounds[1], last.levels)
+    rows = np.arange(levels)
+    trusted = (rows < levels - 1) & ((rows > 0) | output.bottom)
+    # t2 = the Quantize's unrounded level, fitted by least squares where it is not clamped
+    with np.errstate(all="ignore"):
+        ideal = ((x.astype(np.float64) - float(bounds[0]))
+                 / (float(bounds[1]) - float(bounds[0])) * (last.levels - 1))
+    inside = trusted[:, None] & (ideal > 0.5) & (ideal < last.levels - 1.5)
+    if inside.sum() < 3 or not np.all(np.isfinite(ideal[inside])):
+        return None
+    qq, rr = np.nonzero(inside)
+    design = np.stack([qq, rr, np.ones_like(qq)], axis=1).astype(np.float64)
+    a, b, c = (F32(v) for v in np.linalg.lstsq(design, ideal[inside], rcond=None)[0])
+    ql = np.arange(levels, dtype=F32)[:, None]
+    rl = np.arange(256, dtype=F32)[None, :]
+    if fused:
+        t2 = fma_f32(np.broadcast_to(ql, x.shape), np.full(x.shape, a),
+                     fma_f32(np.broadcast_to(rl, x.shape), np.full(x.shape, b),
+                             np.full(x.shape, c)))
+    else:
+        t2 = (ql * a + (rl * b + c)).astype(F32)
+    fast = np.clip(np.rint(t2), 0, last.levels - 1).astype(np.int64)
+    distance = np.abs(t2 - np.rint(t2))[trusted]
+    wrong = (fast != expected)[trusted]
+    limit = float(distance[wrong].min()) if wrong.any() else 1.0
+    if np.mean(distance < limit) < MIN_TAIL_SHARE:
+        return None
+    return TailForm(float(a), float(b), float(c), limit, float(last.levels - 1), other)
 
 
 @attrs.frozen
@@ -294,9 +400,17 @@ def plan_fast_requantize(epilogue: Epilogue, weights: np.ndarray, step: np.ndarr
     when the chain does not qualify or the fast form would rarely apply.  ``fused``: ``t``
     is one FMA (one rounding; ``fma_f32``), else a multiply and an add."""
     channels = step.size
-    chain = _chain(epilogue, rank, channels)
+    group = epilogue.group
+    chain, tail = _chain(group.chain, group.ports, rank, channels), None
     if chain is None:
-        return None
+        cut = next((i for i, node in enumerate(group.chain) if isinstance(node, FakeQuantize)),
+                   len(group.chain)) + 1
+        chain = _chain(group.chain[:cut], group.ports[:cut], rank, channels)
+        if chain is None or chain.output is None:
+            return None
+        tail = _tail_form(group.chain[cut:], group.ports[cut:], chain.output, fused)
+        if tail is None:
+            return None
     flat = weights.astype(np.int64).reshape(channels, -1)
     lo = max_activation * np.minimum(flat, 0).sum(axis=1)
     hi = max_activation * np.maximum(flat, 0).sum(axis=1)
@@ -343,7 +457,7 @@ def plan_fast_requantize(epilogue: Epilogue, weights: np.ndarray, step: np.ndarr
         return np.ascontiguousarray(values.reshape(channels, outer, width).transpose(1, 0, 2))
 
     return FastRequantize(slope, table(offset), table(forms.low), table(forms.high), limit,
-                          chain.output, fused)
+                          chain.output, fused, tail)
 
 
 def _distinct_columns(table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -391,7 +505,8 @@ def emit_fast_requantize(b: lb.KernelBuilder, acc: Expr, slope: Expr, offset: Ex
                          high: Expr, limit: Expr, exact: Callable[[], None],
                          store: Callable[[Expr], None],
                          output: tuple[Dequantized, Expr, Expr] | None = None,
-                         checked: Expr | bool = True, fused: bool = False) -> None:
+                         checked: Expr | bool = True, fused: bool = False,
+                         tail: tuple[TailForm, Expr] | None = None) -> None:
     """``store(u8 level indices)`` of the fast form when every lane is far enough from a
     rounding tie (``|t - rint(t)| < limit``), else ``exact()`` (the group's epilogue).  With
     ``output`` (``Dequantized``, its span and out_low for this vector) the stored values are
@@ -401,7 +516,9 @@ def emit_fast_requantize(b: lb.KernelBuilder, acc: Expr, slope: Expr, offset: Ex
     differs (a limit below 1): ``True``, ``False`` (the fast form is stored without the tie
     test), or a scalar known at run time (a branch around the test, taken alike by all the
     vectors of a channel).  It applies without ``output`` only (that form always tests).
-    ``fused``: ``t`` by one FMA, as the plan assumed."""
+    ``fused``: ``t`` by one FMA, as the plan assumed.  ``tail`` (with ``output``): the
+    ``TailForm`` and the other tensor's u8 levels at this vector; the stored values are the
+    tail's levels, lanes near its ties also take the exact chain."""
     wide = Cast(acc, f32, "nearest")
     t = b.let(lb.fma(wide, slope, offset) if fused else wide * slope + offset, "t")
     rounded = b.let(lb.call("round_half_even", t), "rt")
@@ -409,6 +526,22 @@ def emit_fast_requantize(b: lb.KernelBuilder, acc: Expr, slope: Expr, offset: Ex
     trusted, value = None, Cast(q, u8, "trunc")
     if output is not None:
         trusted, value, checked = output[0].trusted(q), output[0].value(q, *output[1:]), True
+    if output is not None and tail is not None:
+        form, other = tail
+        lanes = q.type.lanes
+
+        def splat(v: float) -> Expr:
+            return lb.broadcast(v, lanes, f32)
+
+        r = Cast(other, f32)
+        inner = (lb.fma(r, splat(form.b), splat(form.c)) if fused
+                 else r * splat(form.b) + splat(form.c))
+        t2 = b.let(lb.fma(q, splat(form.a), inner) if fused else q * splat(form.a) + inner,
+                   "t2")
+        rounded2 = b.let(lb.call("round_half_even", t2), "rt2")
+        near = Compare("lt", lb.call("abs", t2 - rounded2), splat(form.limit))
+        trusted = trusted & near
+        value = Cast(lb.min_(lb.max_(rounded2, splat(0.0)), splat(form.high)), u8, "trunc")
     if checked is False:
         store(value)
         return
@@ -482,4 +615,5 @@ class DeferredExact:
             exact(r, v, self.spill[(r, vector_index(v * self.lanes, self.lanes))])
 
 
-__all__ = ["DeferredExact", "Dequantized", "FastRequantize", "emit_fast_requantize", "plan_fast_requantize"]
+__all__ = ["DeferredExact", "Dequantized", "FastRequantize", "TailForm", "emit_fast_requantize",
+           "plan_fast_requantize"]

@@ -243,3 +243,108 @@ def test_fma_f32_rounds_once():
                 for x, y, z in zip(a, b, c)]
     np.testing.assert_array_equal(actual, np.array(expected, F32))
     assert actual[-3] == F32(2 ** 24 + 2 ** 13 + 2) and actual[-2] == F32(2 ** 24 + 2 ** 13)
+
+
+def residual_conv(rng, data_shape, kernel, top):
+    """QConvolution -> bias -> FakeQuantize -> Add(Dequantize(levels)) -> ReLU -> Quantize:
+    the ResNet / MobileNetV2 residual block's second convolution, on u8 parameters
+    ``x`` and ``levels``; ``top`` is FakeQuantize's output_high (the top level two-valued
+    when ``span + low`` misses it)."""
+    from lpjit.ops.quantize import FakeQuantize
+
+    weights = rng.integers(-128, 128, (1, 24, data_shape[1], kernel, kernel))
+    _, (added, _, _), x = requantized_conv(rng, data_shape, weights, (kernel // 2,) * 2)
+    ranges = [const(np.array([v], F32)) for v in (-1.0, 1.5, -1.0, top)]
+    fq = FakeQuantize(origin=origin("fq", "FakeQuantize"), inputs=(added.output, *ranges),
+                      levels=256)
+    shape = (data_shape[0], 24, *data_shape[2:])
+    levels = parameter(shape, "levels", dtypes.u8)
+    other = lowp.Dequantize(origin=origin("dequantize", "Dequantize"),
+                            inputs=(levels.output, const(np.array([-0.7], F32)),
+                                    const(np.array([1.3], F32))), levels=256)
+    total = elt.Add(origin=origin("residual", "Add"), inputs=(fq.output, other.output))
+    relu = act.Relu(origin=origin("relu", "Relu"), inputs=(total.output,))
+    out = lowp.Quantize(origin=origin("out", "Quantize"),
+                        inputs=(relu.output, const(np.array([0.0], F32)),
+                                const(np.array([2.5], F32))), levels=256)
+    return graph([x, levels], out.output)
+
+
+@pytest.mark.parametrize("target", [HOST, AVX2, SSE], ids=lambda t: t.cpu)
+@pytest.mark.parametrize("shape, kernel", [((1, 16, 5, 37), 1), ((1, 16, 3, 3), 1),
+                                           ((1, 8, 6, 19), 3)],
+                         ids=["rows", "channels", "3x3"])
+@pytest.mark.parametrize("top", [1.5, 1.4999])
+def test_residual_tail_is_bit_exact(target, shape, kernel, top):
+    """The rest of a residual chain after its FakeQuantize as one fast step on the two level
+    indices (``TailForm``, FMAs or not: SSE has none), checked against the reference on every
+    pair of levels at compile time; the u8 output equals the reference's for inputs that
+    reach both ends of every range (both layouts; numba on the host too)."""
+    rng = np.random.default_rng(13)
+    g = residual_conv(rng, shape, kernel, top)
+    program = lower_graph_to_loops(g, LoweringOptions(target=target, threads=1))
+    assert any("rt2" in repr(s.kernel) for s in program.steps)
+    for seed in range(3):
+        data = np.random.default_rng(seed)
+        inputs = [data.integers(0, 256, shape).astype(np.uint8),
+                  data.choice([0, 1, 128, 254, 255], (shape[0], 24, *shape[2:])).astype(
+                      np.uint8) if seed == 2 else
+                  data.integers(0, 256, (shape[0], 24, *shape[2:])).astype(np.uint8)]
+        expected = np.asarray(reference.run(g, inputs)[0])
+        runs = [("LLVM", compiler_for(target))] + ([("numba", None)] if target is HOST
+                                                    and shape[-1] == 37 else [])
+        for name, run in runs:
+            actual = (run_program(program, inputs, run) if run
+                      else run_program(program, inputs))[0]
+            np.testing.assert_array_equal(actual, expected, err_msg=f"{name} {target.cpu}")
+
+
+def test_residual_tail_near_its_ties_takes_the_exact_chain(monkeypatch):
+    """With the tail's limit at zero every lane is 'near a tie': the exact chain writes every
+    vector, and the output is still the reference's."""
+    import attrs
+
+    from lowering.ops import lowp_requantize
+
+    form = lowp_requantize._tail_form
+    monkeypatch.setattr(lowp_requantize, "_tail_form",
+                        lambda *a: attrs.evolve(form(*a), limit=0.0))
+    rng = np.random.default_rng(17)
+    shape = (1, 16, 5, 37)
+    g = residual_conv(rng, shape, 1, 1.5)
+    program = lower_graph_to_loops(g, LoweringOptions(target=HOST, threads=1))
+    assert any("rt2" in repr(s.kernel) for s in program.steps)
+    inputs = [rng.integers(0, 256, shape).astype(np.uint8),
+              rng.integers(0, 256, (1, 24, 5, 37)).astype(np.uint8)]
+    actual = run_program(program, inputs, compiler_for(HOST))[0]
+    np.testing.assert_array_equal(actual, np.asarray(reference.run(g, inputs)[0]))
+
+
+def test_residual_tail_form_matches_the_reference_on_every_pair():
+    """The planned form, evaluated as the kernel does (one rounding per FMA), gives the
+    reference's level for every pair (q, r) of trusted FakeQuantize levels and u8 levels
+    with |t2 - rint(t2)| below its limit; and it is taken for most pairs."""
+    from lowering.ops.lowp_requantize import Dequantized, _tail_form
+
+    rng = np.random.default_rng(19)
+    g = residual_conv(rng, (1, 16, 5, 37), 1, 1.4999)
+    out = g.results[0].inputs[0].node
+    relu = out.inputs[0].node
+    total = relu.inputs[0].node
+    other = total.inputs[1].node
+    output = Dequantized.of(256, np.full(24, -1.0, F32), np.full(24, 1.4999, F32))
+    for fused in (False, True):
+        form = _tail_form([total, relu, out], [0, 0, 0], output, fused)
+        assert form is not None and form.levels is other.inputs[0]
+        q = np.arange(1, 255, dtype=F32)[:, None] * np.ones((1, 256), F32)
+        r = np.arange(256, dtype=F32)[None, :] * np.ones((254, 1), F32)
+        fq_value = (q / F32(255) * (F32(1.4999) - F32(-1.0)) + F32(-1.0)).astype(F32)
+        dequantized = reference.lowp.dequantize(r.astype(np.uint8), F32(-0.7), F32(1.3), 256)
+        expected = reference.lowp.level_index(np.maximum(fq_value + dequantized, F32(0)),
+                                              F32(0.0), F32(2.5), 256)
+        a, b, c = (np.full(q.shape, v, F32) for v in (form.a, form.b, form.c))
+        t2 = fma_f32(q, a, fma_f32(r, b, c)) if fused else (q * a + (r * b + c)).astype(F32)
+        sure = np.abs(t2 - np.rint(t2)) < form.limit
+        fast = np.clip(np.rint(t2), 0, 255)
+        np.testing.assert_array_equal(fast[sure], expected[sure])
+        assert sure.mean() > 0.9
