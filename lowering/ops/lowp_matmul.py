@@ -44,6 +44,7 @@ from lowering.loop_ir import (
     Expr,
     Kernel,
     Load,
+    ReduceLanes,
     as_expr,
     f32,
     i8,
@@ -354,17 +355,76 @@ def _pack_b_at_run_time(b: lb.KernelBuilder, ctx: LoweringContext, node: Node,
             return Load(source, (*batch, *pair))
 
         with b.for_range(g.columns, name="n") as n:
-            total = b.local(as_expr(0, i32), "sum")
-            with b.for_range(g.depth, name="k") as k:
-                b.assign(total, total + Cast(element(k, n), i32, "exact"))
+            if g.transpose_b:           # B[n, k] contiguous along k
+                total = _row_sum(b, lambda k, lanes: Load(source, (*batch, n, _at(k, lanes))),
+                                 g.depth)
+            else:
+                total = _row_sum(b, lambda k, lanes: element(k, n), g.depth, 1)
             b.store(sums, (t, n), total)
         for n in range(g.columns, max(g.columns, 2)):
             b.store(sums, (t, n), as_expr(0, i32))
         for p, columns in enumerate(panels):
             contiguous = columns == list(range(columns[0], columns[0] + width))
+            if g.transpose_b and g.depth % group == 0:
+                _pack_panel_by_groups(b, packed, t, p, columns, source, batch, steps, group,
+                                      offset)
+                continue
             _pack_panel(b, packed, t, p, columns, element, g.depth, steps, group, offset,
                         contiguous)
     return packed, sums
+
+
+# Lanes of the vector sums of a row (``_row_sum``).
+SUM_LANES = 16
+
+
+def _at(start: Index, lanes: int) -> Index:
+    """Index ``start`` (one lane) or the ``lanes`` elements from it."""
+    return vector_index(start, lanes)
+
+
+def _row_sum(b: lb.KernelBuilder, load: Callable[[Index, int], Expr], depth: int,
+             lanes: int = SUM_LANES) -> Expr:
+    """``sum_k load(k)`` in i32 over ``k < depth``: ``load(k, lanes)`` reads ``lanes``
+    contiguous u8 elements from ``k``, summed a vector at a time (exact: at most ``depth *
+    255``), then one element at a time past the last whole vector."""
+    vectors = depth // lanes if lanes > 1 else 0
+    total: Expr = as_expr(0, i32)
+    if vectors:
+        acc = b.local(lb.broadcast(0, lanes, i32), "vsum")
+        with b.for_range(vectors, name="kv") as kv:
+            b.assign(acc, acc + Cast(load(kv * lanes, lanes), i32, "exact"))
+        total = ReduceLanes("add", acc)
+    if depth % lanes or not vectors:
+        rest = b.local(total, "sum")
+        with b.for_range(depth - vectors * lanes, name="k") as k:
+            b.assign(rest, rest + Cast(load(k + vectors * lanes, 1), i32, "exact"))
+        return rest
+    return b.let(total, "sum")
+
+
+def _pack_panel_by_groups(b: lb.KernelBuilder, packed: Buffer, t: Expr, p: int,
+                          columns: list[int], source: Buffer, batch: Sequence[Index],
+                          steps: int, group: int, offset: int) -> None:
+    """One panel of ``Bp`` from a B stored ``[N, K]`` (K contiguous, a multiple of ``g``):
+    ``Bp[t, p, kg, j*g : j*g + g] = B[columns[j], kg*g : kg*g + g] - offset``, ``g`` bytes
+    at a time."""
+    def converted(value: Expr) -> Expr:
+        if not offset:
+            return value
+        return Cast(lb.binary("xor", value, lb.broadcast(offset, group, u8)), i8, "wrap")
+
+    first = columns[0]
+    contiguous = columns == list(range(first, first + len(columns)))
+    with b.for_range(steps, name="kg") as kg:
+        if contiguous:
+            with b.for_range(len(columns), name="j") as j:
+                value = Load(source, (*batch, j + first, _at(kg * group, group)))
+                b.store(packed, (t, p, kg, _at(j * group, group)), converted(value))
+        else:
+            for j, column in enumerate(columns):
+                value = Load(source, (*batch, column, _at(kg * group, group)))
+                b.store(packed, (t, p, kg, _at(j * group, group)), converted(value))
 
 
 def _pack_panel(b: lb.KernelBuilder, packed: Buffer, t: Expr, p: int, columns: list[int],
@@ -404,10 +464,11 @@ def _row_sums(b: lb.KernelBuilder, ctx: LoweringContext, node: Node, g: MatMulGe
     with b.for_range(rows, kind=loop_kind(parallel, rows), name="sm") as t:
         flat, m = unravel(t, (count, g.rows))
         batch = unravel(flat, a_batch) if a_batch else []
-        total = b.local(as_expr(0, i32), "sum")
-        with b.for_range(g.depth, name="k") as k:
-            pair = (k, m) if g.transpose_a else (m, k)
-            b.assign(total, total + Cast(Load(source, (*batch, *pair)), i32, "exact"))
+        if g.transpose_a:
+            total = _row_sum(b, lambda k, lanes: Load(source, (*batch, k, m)), g.depth, 1)
+        else:                           # A[m, k] contiguous along k
+            total = _row_sum(b, lambda k, lanes: Load(source, (*batch, m, _at(k, lanes))),
+                             g.depth)
         b.store(sums, (flat, m), total)
     return sums
 

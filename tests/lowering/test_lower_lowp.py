@@ -13,6 +13,7 @@ indices and weights over the full u8/i8 ranges, plus the extremes (all-255 activ
 from __future__ import annotations
 
 import functools
+import re
 
 import numpy as np
 import pytest
@@ -456,6 +457,24 @@ def test_q_activation_matmul(target):
           numba=target is HOST)
     check(*activation_matmul_graph((2, 13, 5), (2, 13, 9), transpose_a=True), target,
           numba=False)
+
+
+@pytest.mark.parametrize("target", [HOST, AVX2, SSE], ids=lambda t: t.cpu)
+@pytest.mark.parametrize("a_shape, b_shape", [((2, 5, 40), (2, 21, 40)),
+                                              ((1, 12, 7, 64), (1, 12, 50, 64))],
+                         ids=["k40", "attention_k64"])
+def test_q_activation_matmul_vector_sums_and_packing(target, a_shape, b_shape):
+    """Q K^T with K = 40 (two 16-byte vector sums and eight bytes one at a time) and the
+    attention's K = 64: the row and column sums add whole vectors, B is packed four bytes at
+    a time (panels of contiguous columns and the shifted-back last one); exact, and with
+    every level at 255."""
+    g, inputs = activation_matmul_graph(a_shape, b_shape, transpose_b=True)
+    program = check(g, inputs, target, numba=target is HOST and a_shape[-1] == 40)
+    kernel = str(program.steps[0].kernel)
+    assert "reduce_add(" in kernel
+    assert target is SSE or re.search(r"ramp\(kg\d* \* (\d+), 1, \1\)", kernel)  # SSE: bytes
+    full = [np.full(a_shape, 255, np.uint8), np.full(b_shape, 255, np.uint8)]
+    check(g, full, target, numba=False)
 
 
 def test_q_activation_matmul_extremes():
