@@ -50,6 +50,7 @@ from lowering.loop_ir import (
 )
 from lowering.lower_graph import (
     LOWERINGS,
+    PARALLEL_ELEMENTWISE_MIN,
     Epilogue,
     LoweringContext,
     kernel_builder,
@@ -170,10 +171,12 @@ def _view_or_copy(ctx: LoweringContext, node: Node, epilogue: Epilogue, view: Bu
 # -- copy kernels ----------------------------------------------------------------------------
 
 def _copy_kernel(ctx: LoweringContext, node: Node, source: Buffer, target: Buffer) -> Kernel:
-    """``target[i] = source[i]`` over their common shape, the last axis vectorized."""
+    """``target[i] = source[i]`` over their common shape, the last axis vectorized, the first
+    outer one in parallel when large enough (as ``lower_elementwise``)."""
     b = kernel_builder(ctx, node, "_copy")
     indices: list[Expr] = []
-    with loop_nest(b, source.shape, ctx.lanes, indices):
+    parallel = ctx.options.threads != 1 and math.prod(source.shape) >= PARALLEL_ELEMENTWISE_MIN
+    with loop_nest(b, source.shape, ctx.lanes, indices, parallel=parallel):
         b.store(target, tuple(indices), Load(source, tuple(indices)))
     return make_kernel(b)
 
