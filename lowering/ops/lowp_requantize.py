@@ -283,8 +283,11 @@ def _tail_form(nodes: Sequence[Node], ports: Sequence[int], output: Dequantized,
     if inside.sum() < 3 or not np.all(np.isfinite(ideal[inside])):
         return None
     qq, rr = np.nonzero(inside)
-    design = np.stack([qq, rr, np.ones_like(qq)], axis=1).astype(np.float64)
-    a, b, c = (F32(v) for v in np.linalg.lstsq(design, ideal[inside], rcond=None)[0])
+    design = np.stack([qq, rr, np.ones_like(qq)]).astype(np.float64)
+    # least squares by its 3 x 3 normal equations, summed elementwise: a BLAS product of
+    # this tall matrix would start OpenBLAS's threads, which then spin beside the compile
+    normal = (design[:, None, :] * design[None, :, :]).sum(axis=2)
+    a, b, c = (F32(v) for v in np.linalg.solve(normal, (design * ideal[inside]).sum(axis=1)))
     ql = np.arange(levels, dtype=F32)[:, None]
     rl = np.arange(256, dtype=F32)[None, :]
     if fused:
