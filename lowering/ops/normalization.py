@@ -144,26 +144,29 @@ def lower_mvn(ctx: LoweringContext, node: norm.MVNV2 | norm.MVNV6, epilogue: Epi
               ) -> list:
     """``d = x - mean``; ``var = mean(d * d)``; ``d / sqrt(var + eps)`` (``inside_sqrt``, and
     always for MVN-2) or ``d / (sqrt(var) + eps)`` (``outside_sqrt``); ``d`` alone without
-    ``normalize_variance``."""
+    ``normalize_variance``.  The division is a multiply by the group's reciprocal (an ulp
+    from the reference's, as SoftMax's); along the innermost axis the sums use
+    ``_row_reduce``."""
     eps_mode = getattr(node, "eps_mode", "inside_sqrt")
 
     def body(b: lb.KernelBuilder, frame: Frame) -> None:
         count = float(frame.count)
-        mean = b.let(frame.reduce("add") / as_expr(count, f32), "mean")
+        mean = b.let(_row_reduce(frame, "add") / as_expr(count, f32), "mean")
         scale = None
         if node.normalize_variance:
             def square(x: Expr) -> Expr:
                 d = x - splat(mean, x)
                 return d * d
-            var = frame.reduce("add", square) / as_expr(count, f32)
+            var = _row_reduce(frame, "add", square) / as_expr(count, f32)
             eps = _f32(node.eps, var)
             if eps_mode == "inside_sqrt":
-                scale = b.let(lb.call("sqrt", var + eps), "denominator")
+                denominator = lb.call("sqrt", var + eps)
             else:
-                scale = b.let(lb.call("sqrt", var) + eps, "denominator")
+                denominator = lb.call("sqrt", var) + eps
+            scale = b.let(as_expr(1.0, f32) / denominator, "scale")
         with frame.map() as index:
             d = frame.source[tuple(index)] - mean
-            epilogue.store(b, index, d if scale is None else d / scale)
+            epilogue.store(b, index, d if scale is None else d * splat(scale, d))
 
     return _frame_kernel(ctx, node, node.axes, body)
 

@@ -68,6 +68,20 @@ def test_mvn6_eps_modes(tmp_path):
     check_lowered(model, tmp_path)
 
 
+@pytest.mark.parametrize("target", [None, AVX2], ids=["host", "avx2"])
+def test_long_rows_layer_norm_and_softmax(tmp_path, target):
+    """BERT-like rows: LayerNorm over 775 values (48 or 96 whole vectors, then a tail of 7)
+    and SoftMax over 139 (8 or 17 vectors and a tail); the MVN divides by a reciprocal
+    multiply."""
+    shape = (2, 3, 775)
+    x = opset1.parameter(list(shape), np.float32, name="x")
+    y = opset1.parameter([2, 3, 139], np.float32, name="y")
+    model = ov.Model([opset6.mvn(x, axes(-1), True, 1e-5, "inside_sqrt"),
+                      opset8.softmax(y, -1)], [x, y])
+    inputs = uniform(shape, -3, 5) + uniform((2, 3, 139), -8, 8)
+    check_lowered(model, tmp_path, inputs=inputs, target=target, numba=target is None)
+
+
 def test_normalize_l2(tmp_path):
     """``max`` eps over the channels, ``add`` over the spatial axes, and no axes at all
     (``x == 0 ? 0 : 1``)."""
