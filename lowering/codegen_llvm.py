@@ -7,8 +7,10 @@ root memory of each parameter; constants are private globals (embedded) or exter
 the JIT binds to the numpy data (large ones, to keep the IR text small).  Loops are basic
 blocks with a phi; ``unrolled`` loops are emitted ``extent`` times; ``parallel`` loops are
 outlined into a chunk function (``noalias`` arguments, ``[begin, end)``) called from a worker
-that ``GOMP_parallel`` runs on every thread with a static partition of the iteration space
-(``threads == 1`` calls the chunk directly; without OpenMP the loop runs serially).  Fast-math
+that ``GOMP_parallel`` runs on every thread: each thread claims pieces of its own static share
+of the iteration space, then what is left of the others' (``worker_function``), so a thread
+that is descheduled does not hold the others at the barrier (``threads == 1`` calls the chunk
+directly; without OpenMP the loop runs serially).  Fast-math
 flags are only those listed on the kernel.
 
 Instructions are built by a ``NumberingBuilder`` (``lowering.value_numbering``): index
@@ -215,6 +217,7 @@ class _FunctionEmitter:
         self.heap: list[ir.Value] = []           # live heap scratch, freed when leaving early
         self.threads: ir.Value = ir.Constant(I32, 1)
         self.constant_arguments: set[int] | None = None   # shared kernels: bound constants
+        self._counters: ir.Value | None = None          # claim_counters
 
     def finish(self) -> None:
         self.builder.ret_void()
@@ -232,6 +235,13 @@ class _FunctionEmitter:
         if v in self.values:
             return self.values[v]
         raise CodegenError(f"kernel '{self.kernel.name}': variable '{v.name}' has no value")
+
+    def claim_counters(self) -> ir.Value:
+        """The claim counters of this function's parallel loops (they run one after another:
+        one array, ``MAX_SHARES`` cache lines, in the entry block)."""
+        if self._counters is None:
+            self._counters = self.entry_alloca(I64, MAX_SHARES * COUNTER_STRIDE, 64)
+        return self._counters
 
     def entry_alloca(self, typ: ir.Type, count: int = 1, align: int = 0) -> ir.Value:
         """An ``alloca`` in the entry block (so mem2reg/SROA can promote it)."""
@@ -694,8 +704,9 @@ class _ParallelOutliner:
 
     def emit(self) -> None:
         chunk = self.chunk_function()
-        fields = [PTR] * len(self.buffers) + [llvm_type(v.type) for v in self.vars]
-        context_type = ir.LiteralStructType(fields or [I8])
+        # the captured buffers and variables, then the claim counters and their count
+        fields = [PTR] * len(self.buffers) + [llvm_type(v.type) for v in self.vars] + [PTR, I64]
+        context_type = ir.LiteralStructType(fields)
         worker = self.worker_function(chunk, context_type)
         parent, bld = self.parent, self.parent.builder
         args = [parent.buffers[id(b)] for b in self.buffers] + [parent.var(v) for v in self.vars]
@@ -707,10 +718,13 @@ class _ParallelOutliner:
                 bld.call(chunk, args + [ir.Constant(I64, 0), extent])
             with forked, bld.scope():
                 context = parent.entry_alloca(context_type)
-                for k, value in enumerate(args):
+                counters = parent.claim_counters()
+                ranges = self.ranges(bld, parent.threads)
+                for k, value in enumerate(args + [counters, ranges]):
                     slot = bld.gep(context, [ir.Constant(I32, 0), ir.Constant(I32, k)],
                                    source_etype=context_type)
                     _store(bld, value, slot, 0)
+                self.reset_counters(bld, counters, ranges)
                 gomp = parent.ctx.intrinsic("GOMP_parallel", ir.VoidType(),
                                             [PTR, PTR, I32, I32])
                 bld.call(gomp, [worker, context, parent.threads, ir.Constant(I32, 0)])
@@ -751,29 +765,109 @@ class _ParallelOutliner:
         emitter.finish()
         return fn
 
+    def ranges(self, bld: ir.IRBuilder, threads: ir.Value) -> ir.Value:
+        """The number of static shares (i64): the team size, at most ``MAX_SHARES``, at
+        most the extent."""
+        team = bld.sext(threads, I64)
+        cap = ir.Constant(I64, min(MAX_SHARES, self.loop.extent))
+        return bld.select(bld.icmp_signed("<", team, cap), team, cap)
+
+    def share(self, bld: ir.IRBuilder, ranges: ir.Value, k: ir.Value
+              ) -> tuple[ir.Value, ir.Value]:
+        """``[begin, end)`` of share ``k`` of ``ranges`` (the static partition)."""
+        extent = ir.Constant(I64, self.loop.extent)
+        size = bld.sdiv(bld.add(extent, bld.sub(ranges, ir.Constant(I64, 1))), ranges)
+        begin = bld.mul(k, size)
+        end = bld.add(begin, size)
+        return begin, bld.select(bld.icmp_signed("<", end, extent), end, extent)
+
+    def reset_counters(self, bld: ir.IRBuilder, counters: ir.Value, ranges: ir.Value) -> None:
+        """Counter ``k`` (each on its own cache line) = the first iteration of share ``k``."""
+        before = bld.block
+        header = bld.append_basic_block(f"{self.name}.reset")
+        body = bld.append_basic_block(f"{self.name}.reset.body")
+        done = bld.append_basic_block(f"{self.name}.reset.done")
+        bld.branch(header)
+        bld.position_at_end(header)
+        k = bld.phi(I64)
+        k.add_incoming(ir.Constant(I64, 0), before)
+        bld.cbranch(bld.icmp_signed("<", k, ranges), body, done)
+        bld.position_at_end(body)
+        begin, _ = self.share(bld, ranges, k)
+        slot = bld.gep(counters, [bld.mul(k, ir.Constant(I64, COUNTER_STRIDE))],
+                       source_etype=I64)
+        bld.store(begin, slot)
+        k.add_incoming(bld.add(k, ir.Constant(I64, 1)), bld.block)
+        bld.branch(header)
+        bld.position_at_end(done)
+
     def worker_function(self, chunk: ir.Function, context_type: ir.Type) -> ir.Function:
-        """``void worker(ptr context)``: this thread's static share of ``[0, extent)``."""
+        """``void worker(ptr context)``: claims pieces of the iteration space and runs them.
+
+        The space is cut into one static share per thread (``ranges`` of them); each share
+        has a counter (``claim_counters``), and a piece is claimed by an atomic add of the
+        piece size (a ``1 / PIECES`` of a share) to it.  Thread ``t`` claims the pieces of
+        share ``t`` first, in order, then those left in the other shares.  On an idle machine
+        every thread runs its own share, as a static partition would, and its data stays in
+        its core's cache from one loop to the next; when a thread is descheduled (another
+        process, a virtual CPU preempted), the others finish its share instead of waiting at
+        the barrier for it."""
         module = self.parent.state.module
         fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [PTR]), f"{self.name}.worker")
         fn.linkage = "internal"
         bld = ir.IRBuilder(fn.append_basic_block("entry"))
         ctx = OpContext(bld, module)
-        args = []
-        for k, field in enumerate(context_type.elements[:len(chunk.args) - 2]):
+        count = len(chunk.args) - 2
+        fields = []
+        for k, field in enumerate(context_type.elements):
             slot = bld.gep(fn.args[0], [ir.Constant(I32, 0), ir.Constant(I32, k)],
                            source_etype=context_type)
-            args.append(bld.load(slot, typ=field))
+            fields.append(bld.load(slot, typ=field))
+        args, (counters, ranges) = fields[:count], fields[count:]
         thread = bld.sext(ctx.call("omp_get_thread_num", I32), I64)
-        team = bld.sext(ctx.call("omp_get_num_threads", I32), I64)
+        one = ir.Constant(I64, 1)
         extent = ir.Constant(I64, self.loop.extent)
-        size = bld.sdiv(bld.add(extent, bld.sub(team, ir.Constant(I64, 1))), team)
-        begin = bld.mul(thread, size)
-        end = bld.add(begin, size)
-        end = bld.select(bld.icmp_signed("<", end, extent), end, extent)
-        with bld.if_then(bld.icmp_signed("<", begin, end)):
-            bld.call(chunk, args + [begin, end])
+        size = bld.sdiv(bld.add(extent, bld.sub(ranges, one)), ranges)
+        piece = bld.sdiv(bld.add(size, ir.Constant(I64, PIECES - 1)),
+                         ir.Constant(I64, PIECES))
+        entry = bld.block
+        # for j in [0, ranges): share k = (thread + j) % ranges
+        outer = bld.append_basic_block("share")
+        claim = bld.append_basic_block("claim")
+        run = bld.append_basic_block("run")
+        next_share = bld.append_basic_block("next")
+        done = bld.append_basic_block("done")
+        bld.branch(outer)
+        bld.position_at_end(outer)
+        j = bld.phi(I64)
+        j.add_incoming(ir.Constant(I64, 0), entry)
+        bld.cbranch(bld.icmp_signed("<", j, ranges), claim, done)
+        bld.position_at_end(claim)
+        k = bld.srem(bld.add(thread, j), ranges)
+        _, end = self.share(bld, ranges, k)
+        slot = bld.gep(counters, [bld.mul(k, ir.Constant(I64, COUNTER_STRIDE))],
+                       source_etype=I64)
+        begin = bld.atomic_rmw("add", slot, piece, "monotonic")
+        bld.cbranch(bld.icmp_signed("<", begin, end), run, next_share)
+        bld.position_at_end(run)
+        stop = bld.add(begin, piece)
+        stop = bld.select(bld.icmp_signed("<", stop, end), stop, end)
+        bld.call(chunk, args + [begin, stop])
+        bld.branch(claim)
+        bld.position_at_end(next_share)
+        j.add_incoming(bld.add(j, one), next_share)
+        bld.branch(outer)
+        bld.position_at_end(done)
         bld.ret_void()
         return fn
+
+
+# Pieces per static share that threads claim (``_ParallelOutliner.worker_function``), the
+# most shares (threads beyond claim pieces of the others' shares), and the i64s between two
+# claim counters (one 64-byte cache line each: the owner's adds never contend with another's).
+PIECES = 4
+MAX_SHARES = 64
+COUNTER_STRIDE = 8
 
 
 def _unique_roots(buffers: Sequence[Buffer]) -> list[Buffer]:
