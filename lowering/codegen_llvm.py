@@ -29,10 +29,11 @@ checks, the kernel returns as well if the record holds a failure.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
 import struct
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import attrs
 import numpy as np
@@ -783,23 +784,9 @@ class _ParallelOutliner:
 
     def reset_counters(self, bld: ir.IRBuilder, counters: ir.Value, ranges: ir.Value) -> None:
         """Counter ``k`` (each on its own cache line) = the first iteration of share ``k``."""
-        before = bld.block
-        header = bld.append_basic_block(f"{self.name}.reset")
-        body = bld.append_basic_block(f"{self.name}.reset.body")
-        done = bld.append_basic_block(f"{self.name}.reset.done")
-        bld.branch(header)
-        bld.position_at_end(header)
-        k = bld.phi(I64)
-        k.add_incoming(ir.Constant(I64, 0), before)
-        bld.cbranch(bld.icmp_signed("<", k, ranges), body, done)
-        bld.position_at_end(body)
-        begin, _ = self.share(bld, ranges, k)
-        slot = bld.gep(counters, [bld.mul(k, ir.Constant(I64, COUNTER_STRIDE))],
-                       source_etype=I64)
-        bld.store(begin, slot)
-        k.add_incoming(bld.add(k, ir.Constant(I64, 1)), bld.block)
-        bld.branch(header)
-        bld.position_at_end(done)
+        with _count_up(bld, ranges, f"{self.name}.reset") as k:
+            begin, _ = self.share(bld, ranges, k)
+            bld.store(begin, _counter(bld, counters, k))
 
     def worker_function(self, chunk: ir.Function, context_type: ir.Type) -> ir.Function:
         """``void worker(ptr context)``: claims pieces of the iteration space and runs them.
@@ -825,41 +812,54 @@ class _ParallelOutliner:
             fields.append(bld.load(slot, typ=field))
         args, (counters, ranges) = fields[:count], fields[count:]
         thread = bld.sext(ctx.call("omp_get_thread_num", I32), I64)
-        one = ir.Constant(I64, 1)
         extent = ir.Constant(I64, self.loop.extent)
-        size = bld.sdiv(bld.add(extent, bld.sub(ranges, one)), ranges)
+        size = bld.sdiv(bld.add(extent, bld.sub(ranges, ir.Constant(I64, 1))), ranges)
         piece = bld.sdiv(bld.add(size, ir.Constant(I64, PIECES - 1)),
                          ir.Constant(I64, PIECES))
-        entry = bld.block
-        # for j in [0, ranges): share k = (thread + j) % ranges
-        outer = bld.append_basic_block("share")
-        claim = bld.append_basic_block("claim")
-        run = bld.append_basic_block("run")
-        next_share = bld.append_basic_block("next")
-        done = bld.append_basic_block("done")
-        bld.branch(outer)
-        bld.position_at_end(outer)
-        j = bld.phi(I64)
-        j.add_incoming(ir.Constant(I64, 0), entry)
-        bld.cbranch(bld.icmp_signed("<", j, ranges), claim, done)
-        bld.position_at_end(claim)
-        k = bld.srem(bld.add(thread, j), ranges)
-        _, end = self.share(bld, ranges, k)
-        slot = bld.gep(counters, [bld.mul(k, ir.Constant(I64, COUNTER_STRIDE))],
-                       source_etype=I64)
-        begin = bld.atomic_rmw("add", slot, piece, "monotonic")
-        bld.cbranch(bld.icmp_signed("<", begin, end), run, next_share)
-        bld.position_at_end(run)
-        stop = bld.add(begin, piece)
-        stop = bld.select(bld.icmp_signed("<", stop, end), stop, end)
-        bld.call(chunk, args + [begin, stop])
-        bld.branch(claim)
-        bld.position_at_end(next_share)
-        j.add_incoming(bld.add(j, one), next_share)
-        bld.branch(outer)
-        bld.position_at_end(done)
+        with _count_up(bld, ranges, "share") as j:          # share (thread + j) % ranges
+            k = bld.srem(bld.add(thread, j), ranges)
+            _, end = self.share(bld, ranges, k)
+            slot = _counter(bld, counters, k)
+            claim = bld.append_basic_block("claim")
+            run = bld.append_basic_block("run")
+            exhausted = bld.append_basic_block("exhausted")
+            bld.branch(claim)
+            bld.position_at_end(claim)
+            begin = bld.atomic_rmw("add", slot, piece, "monotonic")
+            bld.cbranch(bld.icmp_signed("<", begin, end), run, exhausted)
+            bld.position_at_end(run)
+            stop = bld.add(begin, piece)
+            bld.call(chunk, args + [begin, bld.select(bld.icmp_signed("<", stop, end), stop,
+                                                     end)])
+            bld.branch(claim)
+            bld.position_at_end(exhausted)
         bld.ret_void()
         return fn
+
+
+@contextlib.contextmanager
+def _count_up(bld: ir.IRBuilder, limit: ir.Value, name: str) -> Iterator[ir.Value]:
+    """``for k in range(limit)`` (i64) as basic blocks: yields ``k``; the body's code goes
+    where the builder is, and may end in another block than it began."""
+    before = bld.block
+    header = bld.append_basic_block(name)
+    body = bld.append_basic_block(f"{name}.body")
+    done = bld.append_basic_block(f"{name}.done")
+    bld.branch(header)
+    bld.position_at_end(header)
+    k = bld.phi(I64)
+    k.add_incoming(ir.Constant(I64, 0), before)
+    bld.cbranch(bld.icmp_signed("<", k, limit), body, done)
+    bld.position_at_end(body)
+    yield k
+    k.add_incoming(bld.add(k, ir.Constant(I64, 1)), bld.block)
+    bld.branch(header)
+    bld.position_at_end(done)
+
+
+def _counter(bld: ir.IRBuilder, counters: ir.Value, k: ir.Value) -> ir.Value:
+    """The address of claim counter ``k`` (``COUNTER_STRIDE`` i64s apart)."""
+    return bld.gep(counters, [bld.mul(k, ir.Constant(I64, COUNTER_STRIDE))], source_etype=I64)
 
 
 # Pieces per static share that threads claim (``_ParallelOutliner.worker_function``), the
