@@ -78,15 +78,16 @@ class FastRequantize:
 @attrs.frozen
 class TailForm:
     """The rest of a chain after its first FakeQuantize as one more fast step: a residual
-    ``FakeQuantize -> Add(Dequantize(r)) -> [Relu | Clamp | affine]... -> Quantize`` with
-    per-tensor constants maps FakeQuantize's level ``q`` and the other tensor's level ``r``
-    (u8) to the output level; the fast form is
+    ``FakeQuantize -> Add(r) -> [Relu | Clamp | affine]... -> Quantize`` with per-tensor
+    constants, where ``r`` takes few values (``_other_operand``: a Dequantize of u8 levels, or
+    another FakeQuantize's f32 output), maps FakeQuantize's level ``q`` and ``r`` (the level,
+    or the value) to the output level; the fast form is
 
         t2 = q * a + (r * b + c)       (FMAs where the plan's ``fused``; f32 steps)
         level = clamp(rint(t2), 0, high)
 
-    checked against the reference's own evaluation of the rest on *every* pair ``(q, r)`` of
-    trusted FakeQuantize levels (``Dequantized``) and u8 levels: at run time a lane with
+    checked against the reference's own evaluation of the rest on *every* pair of trusted
+    FakeQuantize levels (``Dequantized``) and values of ``r``: at run time a lane with
     ``|t2 - rint(t2)| < limit`` is one of the pairs where the two agree, so it needs none of
     the rest's f32 divisions; any other vector takes the exact chain."""
 
@@ -95,7 +96,7 @@ class TailForm:
     c: float
     limit: float
     high: float
-    levels: Value               # the u8 level indices ``r`` the rest dequantizes
+    levels: Value               # the tensor the rest reads: u8 levels ``r`` or f32 values
 
 
 @attrs.frozen
@@ -256,22 +257,20 @@ def _tail_form(nodes: Sequence[Node], ports: Sequence[int], output: Dequantized,
             if i == port or constant is not None:
                 args.append(x if i == port else constant)
                 continue
-            source = value.node
-            if other is not None or not isinstance(source, lowp.Dequantize):
+            if other is not None:
                 return None
-            ranges = [scalar(v) for v in source.inputs[1:]]
-            if any(r is None for r in ranges) or source.inputs[0].type.dtype != dtypes.u8:
+            found = _other_operand(value, scalar)
+            if found is None:
                 return None
-            other = source.inputs[0]
-            r = np.arange(256, dtype=np.uint8)
-            args.append(np.asarray(EVALUATORS[lowp.Dequantize](source, r, *ranges))[None, :])
+            other, keys, values = found
+            args.append(values[None, :])
         with np.errstate(all="ignore"):
             x = np.asarray(EVALUATORS[type(node)](node, *args))
         x = x.astype(node.output_types[0].dtype.numpy, copy=False)
     bounds = [scalar(v) for v in last.inputs[1:]]
     if other is None or ports[-1] != 0 or any(v is None for v in bounds):
         return None
-    x = np.broadcast_to(x, (levels, 256)).astype(F32)
+    x = np.broadcast_to(x, (levels, keys.size)).astype(F32)
     expected = level_index(x, bounds[0], bounds[1], last.levels)
     rows = np.arange(levels)
     trusted = (rows < levels - 1) & ((rows > 0) | output.bottom)
@@ -283,13 +282,13 @@ def _tail_form(nodes: Sequence[Node], ports: Sequence[int], output: Dequantized,
     if inside.sum() < 3 or not np.all(np.isfinite(ideal[inside])):
         return None
     qq, rr = np.nonzero(inside)
-    design = np.stack([qq, rr, np.ones_like(qq)]).astype(np.float64)
+    design = np.stack([qq, keys[rr], np.ones_like(qq)]).astype(np.float64)
     # least squares by its 3 x 3 normal equations, summed elementwise: a BLAS product of
     # this tall matrix would start OpenBLAS's threads, which then spin beside the compile
     normal = (design[:, None, :] * design[None, :, :]).sum(axis=2)
     a, b, c = (F32(v) for v in np.linalg.solve(normal, (design * ideal[inside]).sum(axis=1)))
     ql = np.arange(levels, dtype=F32)[:, None]
-    rl = np.arange(256, dtype=F32)[None, :]
+    rl = keys.astype(F32)[None, :]
     if fused:
         t2 = fma_f32(np.broadcast_to(ql, x.shape), np.full(x.shape, a),
                      fma_f32(np.broadcast_to(rl, x.shape), np.full(x.shape, b),
@@ -303,6 +302,40 @@ def _tail_form(nodes: Sequence[Node], ports: Sequence[int], output: Dequantized,
     if np.mean(distance < limit) < MIN_TAIL_SHARE:
         return None
     return TailForm(float(a), float(b), float(c), limit, float(last.levels - 1), other)
+
+
+def _other_operand(value: Value, scalar: Callable[[Value], np.ndarray | None]
+                   ) -> tuple[Value, np.ndarray, np.ndarray] | None:
+    """The tail's one tensor operand ``value`` as (what the kernel loads, the keys ``r`` the
+    fast form multiplies, the f32 values the rest of the chain sees), every possible pair:
+
+    - a ``Dequantize`` (per-tensor constants) of u8 levels: loads the levels; keys ``0..255``,
+      values their dequantized values;
+    - a ``FakeQuantize`` output (per-tensor constant ranges) stored in f32: loads the values;
+      keys and values are the values it can take: ``q / (L-1) * (oh - ol) + ol`` for every
+      level, ``ol`` and ``oh`` (``lpjit.reference.quantize``; a NaN, its other value, fails
+      the tail's tie test at run time and takes the exact chain)."""
+    source = value.node
+    if isinstance(source, lowp.Dequantize):
+        ranges = [scalar(v) for v in source.inputs[1:]]
+        if any(r is None for r in ranges) or source.inputs[0].type.dtype != dtypes.u8:
+            return None
+        levels = np.arange(256, dtype=np.uint8)
+        values = np.asarray(EVALUATORS[lowp.Dequantize](source, levels, *ranges), F32)
+        return source.inputs[0], levels.astype(F32), values
+    if isinstance(source, FakeQuantize) and value.type.dtype == dtypes.f32:
+        ranges = [scalar(v) for v in source.inputs[1:]]
+        if any(r is None for r in ranges):
+            return None
+        low, high = F32(ranges[2]), F32(ranges[3])
+        steps = F32(source.levels - 1)
+        with np.errstate(all="ignore"):
+            formula = np.arange(source.levels, dtype=F32) / steps * (high - low) + low
+        values = np.unique(np.concatenate([formula.astype(F32), [low, high]]).astype(F32))
+        if not np.all(np.isfinite(values)):
+            return None
+        return value, values, values
+    return None
 
 
 @attrs.frozen
@@ -536,7 +569,7 @@ def emit_fast_requantize(b: lb.KernelBuilder, acc: Expr, slope: Expr, offset: Ex
         def splat(v: float) -> Expr:
             return lb.broadcast(v, lanes, f32)
 
-        r = Cast(other, f32)
+        r = other if other.type.elem == f32 else Cast(other, f32)
         inner = (lb.fma(r, splat(form.b), splat(form.c)) if fused
                  else r * splat(form.b) + splat(form.c))
         t2 = b.let(lb.fma(q, splat(form.a), inner) if fused else q * splat(form.a) + inner,

@@ -19,6 +19,7 @@ from lpjit import dtypes, reference
 from lpjit.ops import activations as act
 from lpjit.ops import elementwise as elt
 from lpjit.ops import lowp
+from lpjit.ops.quantize import FakeQuantize
 
 F32 = np.float32
 
@@ -245,23 +246,27 @@ def test_fma_f32_rounds_once():
     assert actual[-3] == F32(2 ** 24 + 2 ** 13 + 2) and actual[-2] == F32(2 ** 24 + 2 ** 13)
 
 
-def residual_conv(rng, data_shape, kernel, top):
+def residual_conv(rng, data_shape, kernel, top, other_fq: bool = False):
     """QConvolution -> bias -> FakeQuantize -> Add(Dequantize(levels)) -> ReLU -> Quantize:
     the ResNet / MobileNetV2 residual block's second convolution, on u8 parameters
     ``x`` and ``levels``; ``top`` is FakeQuantize's output_high (the top level two-valued
     when ``span + low`` misses it)."""
-    from lpjit.ops.quantize import FakeQuantize
-
     weights = rng.integers(-128, 128, (1, 24, data_shape[1], kernel, kernel))
     _, (added, _, _), x = requantized_conv(rng, data_shape, weights, (kernel // 2,) * 2)
     ranges = [const(np.array([v], F32)) for v in (-1.0, 1.5, -1.0, top)]
     fq = FakeQuantize(origin=origin("fq", "FakeQuantize"), inputs=(added.output, *ranges),
                       levels=256)
     shape = (data_shape[0], 24, *data_shape[2:])
-    levels = parameter(shape, "levels", dtypes.u8)
-    other = lowp.Dequantize(origin=origin("dequantize", "Dequantize"),
-                            inputs=(levels.output, const(np.array([-0.7], F32)),
-                                    const(np.array([1.3], F32))), levels=256)
+    if other_fq:        # ResNet's downsampling blocks: the other branch's f32 FakeQuantize
+        levels = parameter(shape, "levels", dtypes.f32)
+        ranges = [const(np.array([v], F32)) for v in (-0.9, 1.2, -0.7, 1.3)]
+        other = FakeQuantize(origin=origin("other_fq", "FakeQuantize"),
+                             inputs=(levels.output, *ranges), levels=256)
+    else:
+        levels = parameter(shape, "levels", dtypes.u8)
+        other = lowp.Dequantize(origin=origin("dequantize", "Dequantize"),
+                                inputs=(levels.output, const(np.array([-0.7], F32)),
+                                        const(np.array([1.3], F32))), levels=256)
     total = elt.Add(origin=origin("residual", "Add"), inputs=(fq.output, other.output))
     relu = act.Relu(origin=origin("relu", "Relu"), inputs=(total.output,))
     out = lowp.Quantize(origin=origin("out", "Quantize"),
@@ -297,6 +302,30 @@ def test_residual_tail_is_bit_exact(target, shape, kernel, top):
             actual = (run_program(program, inputs, run) if run
                       else run_program(program, inputs))[0]
             np.testing.assert_array_equal(actual, expected, err_msg=f"{name} {target.cpu}")
+
+
+@pytest.mark.parametrize("target", [HOST, AVX2, SSE], ids=lambda t: t.cpu)
+@pytest.mark.parametrize("shape, kernel", [((1, 16, 5, 37), 1), ((1, 16, 3, 3), 1)],
+                         ids=["rows", "channels"])
+def test_residual_tail_over_a_fake_quantize_value_is_bit_exact(target, shape, kernel):
+    """The other operand an f32 FakeQuantize output (stored by its own step, as in ResNet's
+    downsampling blocks): the form's keys are the values it can take (every level's value,
+    ol and oh); inputs at both ends, beyond them, infinities and NaN (which takes the exact
+    chain) give the reference's levels."""
+    rng = np.random.default_rng(23)
+    g = residual_conv(rng, shape, kernel, 1.5, other_fq=True)
+    program = lower_graph_to_loops(g, LoweringOptions(target=target, threads=1))
+    assert sum("rt2" in repr(s.kernel) for s in program.steps) == 1
+    other_shape = (shape[0], 24, *shape[2:])
+    for seed in range(3):
+        data = np.random.default_rng(seed)
+        values = data.uniform(-1.5, 1.8, other_shape).astype(F32)
+        if seed == 2:
+            values.flat[:5] = [np.nan, np.inf, -np.inf, -0.9, 1.2]
+        inputs = [data.integers(0, 256, shape).astype(np.uint8), values]
+        expected = np.asarray(reference.run(g, inputs)[0])
+        actual = run_program(program, inputs, compiler_for(target))[0]
+        np.testing.assert_array_equal(actual, expected, err_msg=target.cpu)
 
 
 def test_residual_tail_near_its_ties_takes_the_exact_chain(monkeypatch):
