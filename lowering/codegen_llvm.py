@@ -773,11 +773,16 @@ class _ParallelOutliner:
         cap = ir.Constant(I64, min(MAX_SHARES, self.loop.extent))
         return bld.select(bld.icmp_signed("<", team, cap), team, cap)
 
+    def share_size(self, bld: ir.IRBuilder, ranges: ir.Value) -> ir.Value:
+        """Iterations per share: ``ceil(extent / ranges)``."""
+        extent = ir.Constant(I64, self.loop.extent)
+        return bld.sdiv(bld.add(extent, bld.sub(ranges, ir.Constant(I64, 1))), ranges)
+
     def share(self, bld: ir.IRBuilder, ranges: ir.Value, k: ir.Value
               ) -> tuple[ir.Value, ir.Value]:
         """``[begin, end)`` of share ``k`` of ``ranges`` (the static partition)."""
         extent = ir.Constant(I64, self.loop.extent)
-        size = bld.sdiv(bld.add(extent, bld.sub(ranges, ir.Constant(I64, 1))), ranges)
+        size = self.share_size(bld, ranges)
         begin = bld.mul(k, size)
         end = bld.add(begin, size)
         return begin, bld.select(bld.icmp_signed("<", end, extent), end, extent)
@@ -812,9 +817,7 @@ class _ParallelOutliner:
             fields.append(bld.load(slot, typ=field))
         args, (counters, ranges) = fields[:count], fields[count:]
         thread = bld.sext(ctx.call("omp_get_thread_num", I32), I64)
-        extent = ir.Constant(I64, self.loop.extent)
-        size = bld.sdiv(bld.add(extent, bld.sub(ranges, ir.Constant(I64, 1))), ranges)
-        piece = bld.sdiv(bld.add(size, ir.Constant(I64, PIECES - 1)),
+        piece = bld.sdiv(bld.add(self.share_size(bld, ranges), ir.Constant(I64, PIECES - 1)),
                          ir.Constant(I64, PIECES))
         with _count_up(bld, ranges, "share") as j:          # share (thread + j) % ranges
             k = bld.srem(bld.add(thread, j), ranges)

@@ -535,7 +535,7 @@ class FastTables:
     def tail_levels(self, ctx: LoweringContext, b: lb.KernelBuilder, index: Sequence[Index],
                     lanes: int) -> tuple[TailForm, Expr] | None:
         """``emit_fast_requantize``'s ``tail`` for the output vector at ``index``: the form
-        and the u8 levels it reads there; ``None`` without a tail."""
+        and what it reads there (u8 levels or f32 values); ``None`` without a tail."""
         if self.tail is None:
             return None
         levels = ctx.load(self.tail.levels, [as_expr(i) for i in index], lanes, b=b)
@@ -746,8 +746,8 @@ def regroup_pointwise(ctx: LoweringContext, node: Node, g: ConvGeometry, epilogu
         return buffer.view(f"{name}_{what}_rows", (*buffer.shape[:2], *spatial))
 
     output = rows_view(epilogue.output, "output")
-    views = {value: rows_view(ctx.buffer(value), ctx.buffer(value).name)
-             for value in operands}
+    views = {value: rows_view(buffer, buffer.name)
+             for value in operands for buffer in (ctx.buffer(value),)}
     regrouped = attrs.evolve(g, in_spatial=spatial, out_spatial=spatial)
     return Regrouped(regrouped, attrs.evolve(epilogue, output=output),
                      rows_view(data, "data"), views)

@@ -356,7 +356,7 @@ def _pack_b_at_run_time(b: lb.KernelBuilder, ctx: LoweringContext, node: Node,
 
         with b.for_range(g.columns, name="n") as n:
             if g.transpose_b:           # B[n, k] contiguous along k
-                total = _row_sum(b, lambda k, lanes: Load(source, (*batch, n, _at(k, lanes))),
+                total = _row_sum(b, lambda k, lanes: Load(source, (*batch, n, vector_index(k, lanes))),
                                  g.depth)
             else:
                 total = _row_sum(b, lambda k, lanes: element(k, n), g.depth, 1)
@@ -367,7 +367,7 @@ def _pack_b_at_run_time(b: lb.KernelBuilder, ctx: LoweringContext, node: Node,
             contiguous = columns == list(range(columns[0], columns[0] + width))
             if g.transpose_b and g.depth % group == 0:
                 _pack_panel_by_groups(b, packed, t, p, columns, source, batch, steps, group,
-                                      offset)
+                                      offset, contiguous)
                 continue
             _pack_panel(b, packed, t, p, columns, element, g.depth, steps, group, offset,
                         contiguous)
@@ -376,11 +376,6 @@ def _pack_b_at_run_time(b: lb.KernelBuilder, ctx: LoweringContext, node: Node,
 
 # Lanes of the vector sums of a row (``_row_sum``).
 SUM_LANES = 16
-
-
-def _at(start: Index, lanes: int) -> Index:
-    """Index ``start`` (one lane) or the ``lanes`` elements from it."""
-    return vector_index(start, lanes)
 
 
 def _row_sum(b: lb.KernelBuilder, load: Callable[[Index, int], Expr], depth: int,
@@ -405,26 +400,23 @@ def _row_sum(b: lb.KernelBuilder, load: Callable[[Index, int], Expr], depth: int
 
 def _pack_panel_by_groups(b: lb.KernelBuilder, packed: Buffer, t: Expr, p: int,
                           columns: list[int], source: Buffer, batch: Sequence[Index],
-                          steps: int, group: int, offset: int) -> None:
+                          steps: int, group: int, offset: int, contiguous: bool) -> None:
     """One panel of ``Bp`` from a B stored ``[N, K]`` (K contiguous, a multiple of ``g``):
     ``Bp[t, p, kg, j*g : j*g + g] = B[columns[j], kg*g : kg*g + g] - offset``, ``g`` bytes
-    at a time."""
-    def converted(value: Expr) -> Expr:
-        if not offset:
-            return value
-        return Cast(lb.binary("xor", value, lb.broadcast(offset, group, u8)), i8, "wrap")
+    at a time (a loop over the columns when ``contiguous``, else one copy each)."""
+    def copy(kg: Expr, j: Index, column: Index) -> None:
+        value = Load(source, (*batch, column, vector_index(kg * group, group)))
+        if offset:
+            value = Cast(lb.binary("xor", value, lb.broadcast(offset, group, u8)), i8, "wrap")
+        b.store(packed, (t, p, kg, vector_index(j * group, group)), value)
 
-    first = columns[0]
-    contiguous = columns == list(range(first, first + len(columns)))
     with b.for_range(steps, name="kg") as kg:
         if contiguous:
             with b.for_range(len(columns), name="j") as j:
-                value = Load(source, (*batch, j + first, _at(kg * group, group)))
-                b.store(packed, (t, p, kg, _at(j * group, group)), converted(value))
+                copy(kg, j, j + columns[0])
         else:
             for j, column in enumerate(columns):
-                value = Load(source, (*batch, column, _at(kg * group, group)))
-                b.store(packed, (t, p, kg, _at(j * group, group)), converted(value))
+                copy(kg, j, column)
 
 
 def _pack_panel(b: lb.KernelBuilder, packed: Buffer, t: Expr, p: int, columns: list[int],
@@ -467,7 +459,7 @@ def _row_sums(b: lb.KernelBuilder, ctx: LoweringContext, node: Node, g: MatMulGe
         if g.transpose_a:
             total = _row_sum(b, lambda k, lanes: Load(source, (*batch, k, m)), g.depth, 1)
         else:                           # A[m, k] contiguous along k
-            total = _row_sum(b, lambda k, lanes: Load(source, (*batch, m, _at(k, lanes))),
+            total = _row_sum(b, lambda k, lanes: Load(source, (*batch, m, vector_index(k, lanes))),
                              g.depth)
         b.store(sums, (flat, m), total)
     return sums
