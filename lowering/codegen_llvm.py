@@ -32,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import itertools
+import math
 import struct
 from collections.abc import Callable, Iterator, Sequence
 
@@ -87,7 +88,7 @@ from lowering.loop_ir import (
     value_type,
 )
 from lowering.microkernels import Microkernel
-from lowering.traversal import rewrite, uses
+from lowering.traversal import children, rewrite, uses
 from lowering.value_numbering import (
     NumberingBuilder,
     remove_dead_instructions,
@@ -126,12 +127,15 @@ class LoweredModule:
 
     ``parts``: when emitted in parts (``lower_kernels_to_llvm(..., sink=...)``), the IR text
     of each further module, compiled separately and linked with ``ir_module``, which then
-    only declares the kernels."""
+    only declares the kernels; ``part_levels``: the optimisation each part's kernels need
+    (``Kernel.optimization``), ``level``: the one ``ir_module``'s kernels need."""
 
     ir_module: ir.Module
     kernels: tuple[Kernel, ...]
     symbols: tuple[tuple[str, np.ndarray], ...]
     parts: tuple[str, ...] = ()
+    part_levels: tuple[str, ...] = ()
+    level: str = "full"
 
     def text(self) -> str:
         """All the IR as text: ``ir_module``, then each part."""
@@ -388,6 +392,7 @@ class _FunctionEmitter:
         header = self.function.append_basic_block(f"{var.name}.header")
         body_block = self.function.append_basic_block(f"{var.name}.body")
         exit_block = self.function.append_basic_block(f"{var.name}.exit")
+        self.hoist_invariants(body, var)
         bld.enter_dominated()                 # the preheader dominates the loop and its exit
         bld.branch(header)
         bld.position_at_end(header)
@@ -407,6 +412,23 @@ class _FunctionEmitter:
         index.add_incoming(following, bld.block)
         bld.branch(header)
         bld.position_at_end(exit_block)
+
+    def hoist_invariants(self, body: Stmt, var: Var) -> None:
+        """Compute the loop invariants of ``body`` (``loop_invariants``) here, before the
+        loop: each once per iteration of the unrolled loops it depends on."""
+        bound: list[Var] = []
+        for let, value, loops in loop_invariants(body, var, self):
+            for point in itertools.product(*(range(f.extent) for f in loops)):
+                for f, k in zip(loops, point):
+                    self.values[f.var] = ir.Constant(I64, k)
+                computed = self.expr(value)
+                if let is not None:
+                    self.values[let] = computed
+                    bound.append(let)
+            for f in loops:
+                del self.values[f.var]
+        for let in bound:                     # bound again (to the same value) by the Let
+            del self.values[let]
 
     def for_loop(self, s: For) -> None:
         kind = s.kind.name
@@ -687,6 +709,123 @@ _STMTS = {
     Allocate: _FunctionEmitter.allocate,
     BoundsCheck: _FunctionEmitter.bounds_check,
 }
+
+
+# Integer operations that cannot trap whatever their operands (a division only by a nonzero
+# constant): computing one before the loop whose body guards it is safe.
+_HOISTABLE = (Binary, Compare, Select, Cast)
+_DIVISIONS = frozenset({"div", "floordiv", "mod"})
+
+
+def loop_invariants(body: Stmt, var: Var, emitter: _FunctionEmitter
+                    ) -> list[tuple[Var | None, Expr, tuple[For, ...]]]:
+    """The largest scalar integer expressions of a loop's ``body`` that do not depend on the
+    loop: arithmetic, comparisons, selects and casts of constants, of variables bound outside
+    the loop or by a ``Let`` of such a value inside it, and of the variables of unrolled
+    loops inside it (no loads, no mutable locals, no division by a variable).  In program
+    order, as ``(None, expression, unrolled)`` or, for a ``Let`` of ``v`` whose value depends
+    neither on the loop nor on an unrolled loop, ``(v, value, ())``; ``unrolled``: the
+    unrolled loops whose variables the value depends on (it is computed for each of their
+    iterations, at most ``MAX_HOISTED_COPIES`` times).
+
+    The emitter computes them in the loop's preheader; value numbering then finds them when
+    the body asks for them again, so index arithmetic of outer loop variables (``unravel``
+    of a row index, the column offsets of a register tile) is computed once per outer
+    iteration instead of in every inner one.  LLVM's LICM does this too, but only at
+    "full" optimisation; a "cleanup" kernel (``Kernel.optimization``) relies on this.
+    Parallel loops inside the body are left out (they become functions of their own)."""
+    return _Invariants(var, emitter).of(body)
+
+
+class _Invariants:
+    """``loop_invariants`` of one loop (a class, not closures: nested functions calling each
+    other form a reference cycle that would keep the emitter, and its module, alive until the
+    cyclic collector runs)."""
+
+    def __init__(self, var: Var, emitter: _FunctionEmitter) -> None:
+        self.values, self.locals = emitter.values, emitter.locals
+        self.inside: set[int] = {id(var)}
+        self.unrolled: dict[int, For] = {}      # variable -> its unrolled loop in the body
+        self.lets: set[int] = set()             # variables of Lets the loop does not change
+        self.depends: dict[int, tuple[For, ...] | None] = {}   # None: depends on the loop
+        self.found: dict[int, tuple[Var | None, Expr, tuple[For, ...]]] = {}
+
+    def of(self, body: Stmt) -> list[tuple[Var | None, Expr, tuple[For, ...]]]:
+        self.visit(body)
+        return list(self.found.values())
+
+    def check(self, e: Expr) -> tuple[For, ...] | None:
+        """The unrolled loops ``e`` depends on, or None if it depends on the loop (or is not
+        an expression to hoist); hoists the largest invariant parts of what is not."""
+        key = id(e)
+        if key in self.depends:
+            return self.depends[key]
+        kind = type(e)
+        result: tuple[For, ...] | None
+        if kind is IntImm:
+            result = ()
+        elif kind is Var:
+            if key in self.lets:
+                result = ()
+            elif key in self.unrolled:
+                result = (self.unrolled[key],)
+            else:
+                result = () if key not in self.inside and e not in self.locals \
+                    and e in self.values else None
+        elif kind in _HOISTABLE and e.type.lanes == 1 and (e.type.is_int or e.type.is_bool):
+            parts = children(e)
+            results = [self.check(c) for c in parts]
+            result = None if None in results or (
+                kind is Binary and e.op in _DIVISIONS
+                and not (type(e.b) is IntImm and e.b.value != 0)) \
+                else tuple(dict.fromkeys(f for r in results for f in r))
+            if result is None:
+                for c in parts:
+                    self.hoist(c)
+        else:
+            result = None
+            for c in children(e):
+                self.hoist(c)
+        self.depends[key] = result
+        return result
+
+    def hoist(self, e: Expr) -> None:
+        loops = self.check(e)
+        if loops is not None and type(e) not in (IntImm, Var) and \
+                math.prod(f.extent for f in loops) <= MAX_HOISTED_COPIES:
+            self.found[id(e)] = (None, e, loops)
+
+    def visit(self, node: Stmt) -> None:
+        kind = type(node)
+        if kind is Let:
+            if self.check(node.value) == ():    # one value: the Let's variable is invariant
+                self.lets.add(id(node.var))
+                self.found[id(node.var)] = (node.var, node.value, ())
+            else:                               # a value per unrolled iteration, or variant
+                self.hoist(node.value)
+                self.inside.add(id(node.var))
+            self.visit(node.body)
+            return
+        if kind is For:
+            if node.kind.name == "unrolled":
+                self.unrolled[id(node.var)] = node
+            else:
+                self.inside.add(id(node.var))
+            if node.kind.name == "parallel":
+                return
+        elif kind is LocalVar:
+            self.inside.add(id(node.var))
+        for child in children(node):
+            if isinstance(child, Expr):
+                if child is not getattr(node, "var", None):
+                    self.hoist(child)
+            else:
+                self.visit(child)
+
+
+# The most copies of one loop invariant computed before a loop (one per iteration of the
+# unrolled loops it depends on).
+MAX_HOISTED_COPIES = 64
 
 
 class _ParallelOutliner:
@@ -975,17 +1114,20 @@ def with_immediates_as_parameters(kernel: Kernel, immediates: Sequence[FloatImm]
 
 
 def lower_kernels_to_llvm(kernels: Sequence[Kernel], options: CodegenOptions = CodegenOptions(),
-                          name: str = "lpjit", sink: Callable[[str], object] | None = None
-                          ) -> LoweredModule:
+                          name: str = "lpjit",
+                          sink: Callable[[str, str], object] | None = None) -> LoweredModule:
     """One LLVM module defining every kernel (verified before and after vectorization);
     with ``options.share_kernels``, kernels identical up to constants share one body.
 
-    With a ``sink``, kernels are emitted in parts: whenever the module being filled holds
-    ``options.part_instructions`` instructions, its text is handed to ``sink`` (a code
-    generator compiles it while the rest is emitted), kept in ``parts``, and a new module
-    is started; once a program is split, its last kernels form a part as well.  The module
-    left over is the returned ``ir_module`` (all the kernels of a small program; else none);
-    it declares the kernels defined in the parts."""
+    With a ``sink``, kernels are emitted in parts: whenever a module being filled holds
+    ``options.part_instructions`` instructions, its text is handed to ``sink`` with the
+    optimisation its kernels need (``Kernel.optimization``: a part holds kernels of one
+    level, so kernels of each level fill a module of their own), kept in ``parts``, and a new
+    module is started; once a program is split (or holds kernels of both levels), its last
+    kernels form parts as well.  The module left over is the returned ``ir_module`` (all the
+    kernels of a small program of one level, or of any program without a sink; else none);
+    it declares the kernels defined in the parts.  Its ``level`` is what its kernels need
+    (O3 for a mix)."""
     names = [k.name for k in kernels]
     if len(set(names)) != len(names):
         raise CodegenError(f"kernel names must be unique in a module, got {names}")
@@ -993,26 +1135,52 @@ def lower_kernels_to_llvm(kernels: Sequence[Kernel], options: CodegenOptions = C
     groups = (group_identical_kernels(kernels) if options.share_kernels
               else [KernelGroup((k,), ((),)) for k in kernels])
     parts: list[str] = []
+    levels: list[str] = []
     elsewhere: list[Kernel] = []            # kernels defined in parts already handed on
-    state, inside, size = _ModuleState(_new_module(name, options), options, pool), [], 0
-    for number, group in enumerate(groups, 1):
-        size += emit_kernel_group(state, group)
-        inside.extend(group.kernels)
-        # A program big enough to be split hands on its last kernels too: the module left
-        # for the caller then holds only what it adds (the entry point).
-        if sink is not None and (size >= options.part_instructions
-                                 or (parts and number == len(groups))):
-            parts.append(str(state.module))
-            sink(parts[-1])
-            release_module(state.module)
-            elsewhere.extend(inside)
-            part = _new_module(f"{name}.{len(parts)}", options)
-            state, inside, size = _ModuleState(part, options, pool), [], 0
-    module = state.module
+    filling: dict[str, _Filling] = {}
+
+    def hand_on(level: str) -> None:
+        fill = filling.pop(level)
+        parts.append(str(fill.state.module))
+        levels.append(level)
+        sink(parts[-1], level)
+        release_module(fill.state.module)
+        elsewhere.extend(fill.kernels)
+
+    for group in groups:
+        level = group.kernels[0].optimization if sink is not None else "one module"
+        if level not in filling:
+            module = _new_module(f"{name}.{len(parts) + len(filling) + 1}", options)
+            filling[level] = _Filling(_ModuleState(module, options, pool))
+        fill = filling[level]
+        fill.size += emit_kernel_group(fill.state, group)
+        fill.kernels.extend(group.kernels)
+        if sink is not None and fill.size >= options.part_instructions:
+            hand_on(level)
+    # A program split in parts hands on its last kernels too: the module left for the caller
+    # then holds only what it adds (the entry point).
+    if parts or len(filling) > 1:
+        for level in list(filling):
+            hand_on(level)
+    fill = next(iter(filling.values()), None)
+    module = fill.state.module if fill is not None else _new_module(name, options)
+    inside = {k.optimization for k in fill.kernels} if fill is not None else set()
+    level = inside.pop() if len(inside) == 1 else "full"      # a mix needs O3
     module.name = name
     for kernel in elsewhere:
         declare_kernel(module, kernel)
-    return LoweredModule(module, tuple(kernels), tuple(pool.symbols), tuple(parts))
+    return LoweredModule(module, tuple(kernels), tuple(pool.symbols), tuple(parts),
+                         tuple(levels), level)
+
+
+@attrs.define
+class _Filling:
+    """A module being filled with kernels of one optimisation level, its size in
+    instructions and the kernels it defines."""
+
+    state: _ModuleState
+    size: int = 0
+    kernels: list[Kernel] = attrs.Factory(list)
 
 
 def release_module(module: ir.Module) -> None:

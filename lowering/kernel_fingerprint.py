@@ -78,7 +78,7 @@ class _Fingerprinter:
     def kernel(self, kernel: Kernel) -> int:
         params = tuple(self.value(p) for p in kernel.params)
         return self.intern(("kernel", params, self.value(kernel.body),
-                            tuple(kernel.fast_math)))
+                            tuple(kernel.fast_math), kernel.optimization))
 
     def value(self, value: object) -> object:
         if isinstance(value, (Expr, Stmt, Buffer)):

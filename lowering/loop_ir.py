@@ -653,6 +653,12 @@ class BoundsCheck(Stmt):
 
 FAST_MATH_FLAGS = ("contract", "reassoc", "nnan", "ninf", "nsz", "arcp", "afn")
 
+# How much of LLVM's optimisation a kernel needs (``CPUCodegen.optimize``): "full" is LLVM's
+# O3 pipeline; "cleanup" a short one (promote locals, fold, merge, delete dead code) for
+# kernels whose loop IR is already the schedule LLVM should keep (register-blocked integer
+# convolutions and matrix products), where O3's loop passes find nothing left to do.
+OPTIMIZATION_LEVELS = ("full", "cleanup")
+
 
 @attrs.frozen(eq=False, repr=False)
 class Kernel:
@@ -660,6 +666,7 @@ class Kernel:
 
     ``fast_math`` lists LLVM fast-math flags allowed on this kernel's float arithmetic; the
     verifier rejects them on a kernel that rounds to integers (requantization).
+    ``optimization``: one of ``OPTIMIZATION_LEVELS``, how much LLVM optimises it.
     """
 
     name: str
@@ -667,6 +674,8 @@ class Kernel:
     body: Stmt
     origin: Origin | None = None
     fast_math: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+    optimization: str = attrs.field(default="full",
+                                    validator=attrs.validators.in_(OPTIMIZATION_LEVELS))
 
     @property
     def buffer_params(self) -> tuple[Buffer, ...]:

@@ -264,9 +264,10 @@ def _lower_group(ctx: LoweringContext, group: Group) -> list[Step]:
     return [Step(k, tuple(n.origin for n in nodes), anchor.origin) for k in kernels]
 
 
-def make_kernel(b: lb.KernelBuilder) -> Kernel:
+def make_kernel(b: lb.KernelBuilder, optimization: str = "full") -> Kernel:
     """Finish a kernel whose body uses program buffers directly: its parameters become the
     root of every buffer it touches except constants, which kernels embed, in first-use order.
+    ``optimization``: how much LLVM optimises it (``Kernel.optimization``).
 
     A view is passed as its root (both executors address a view through its root's memory,
     ``root_offset`` included), so two views of one root never become two aliasing parameters.
@@ -281,7 +282,7 @@ def make_kernel(b: lb.KernelBuilder) -> Kernel:
         if root.role != "constant" and id(root) not in allocated and all(
                 root is not p for p in params):
             params.append(root)
-    return verify_kernel(attrs.evolve(kernel, params=tuple(params)))
+    return verify_kernel(attrs.evolve(kernel, params=tuple(params), optimization=optimization))
 
 
 def kernel_builder(ctx: LoweringContext, node: Node, suffix: str = "") -> lb.KernelBuilder:

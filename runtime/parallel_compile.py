@@ -59,10 +59,11 @@ def _unlocked(name: str) -> Callable[..., object]:
     return getattr(function, "_cfn", function)
 
 
-def optimize_unlocked(builder: llvm.PassBuilder, module: llvm.ModuleRef) -> None:
-    """Run ``builder``'s module pipeline on ``module`` (both owned by the caller)."""
-    _unlocked("LLVMPY_RunNewModulePassManager")(builder.getModulePassManager(), module,
-                                                builder)
+def optimize_unlocked(manager: llvm.ModulePassManager, module: llvm.ModuleRef,
+                      builder: llvm.PassBuilder) -> None:
+    """Run the pass pipeline ``manager`` (built with ``builder``) on ``module`` (all owned by
+    the caller)."""
+    _unlocked("LLVMPY_RunNewModulePassManager")(manager, module, builder)
 
 
 def emit_object_unlocked(machine: llvm.TargetMachine, module: llvm.ModuleRef) -> bytes:
@@ -78,8 +79,10 @@ def emit_object_unlocked(machine: llvm.TargetMachine, module: llvm.ModuleRef) ->
         ffi.lib.LLVMPY_DisposeMemoryBuffer(buffer)
 
 
-def compile_part(codegen: CPUCodegen, text: str, machine: llvm.TargetMachine) -> CompiledPart:
-    """Steps 1-4 of the module docstring for one part, in a context of its own."""
+def compile_part(codegen: CPUCodegen, text: str, machine: llvm.TargetMachine,
+                 level: str = "full") -> CompiledPart:
+    """Steps 1-4 of the module docstring for one part, in a context of its own; ``level``:
+    the optimisation its kernels need (``Kernel.optimization``)."""
     context = llvm.create_context()
     module = None
     try:
@@ -90,7 +93,7 @@ def compile_part(codegen: CPUCodegen, text: str, machine: llvm.TargetMachine) ->
             raise CodegenError(f"LLVM rejected the generated module: {error}") from None
         module.triple = machine.triple
         module.data_layout = str(machine.target_data)
-        codegen.optimize(module, machine, run=optimize_unlocked)
+        codegen.optimize(module, machine, run=optimize_unlocked, level=level)
         functions = tuple(f.name for f in module.functions if f.is_declaration)
         variables = tuple(g.name for g in module.global_variables if g.is_declaration)
         code = emit_object_unlocked(machine, module) if codegen.part_objects else None
@@ -104,7 +107,7 @@ def compile_part(codegen: CPUCodegen, text: str, machine: llvm.TargetMachine) ->
 class ParallelCompiler:
     """Compiles submitted parts on ``workers`` threads (module docstring).
 
-    ``submit`` queues a part's text; ``finish`` waits for every part and returns them in
+    ``submit`` queues a part's text (and the optimisation level of its kernels); ``finish`` waits for every part and returns them in
     submission order, or raises the first error; ``close`` stops the workers (idempotent).
     """
 
@@ -115,14 +118,14 @@ class ParallelCompiler:
         self._futures: list[concurrent.futures.Future[CompiledPart]] = []
         self._local = threading.local()
 
-    def submit(self, text: str) -> None:
-        self._futures.append(self._pool.submit(self._compile, text))
+    def submit(self, text: str, level: str = "full") -> None:
+        self._futures.append(self._pool.submit(self._compile, text, level))
 
-    def _compile(self, text: str) -> CompiledPart:
+    def _compile(self, text: str, level: str) -> CompiledPart:
         machine = getattr(self._local, "machine", None)
         if machine is None:
             machine = self._local.machine = self.codegen.part_machine()
-        return compile_part(self.codegen, text, machine)
+        return compile_part(self.codegen, text, machine, level)
 
     def finish(self) -> list[CompiledPart]:
         try:

@@ -800,7 +800,7 @@ def _lower_q_conv(ctx: LoweringContext, node: Node, epilogue: Epilogue, g: ConvG
             outer_class = b.let(lb.min_(lb.max_(Load(tables.outer_class, (flat,)), 0), last),
                                 "oc")
             writer.row(n, outer, outer_class, group, block, tile.vectors, tile.lanes)
-        return make_kernel(b)
+        return make_kernel(b, optimization="cleanup")
     with b.for_range(count, kind=loop_kind(parallel, count), name="row") as t:
         n, *outer = unravel(t, (g.batch, *outer_extents))
         flat = 0 if rows_per_image == 1 else t if g.batch == 1 else t % rows_per_image
@@ -811,7 +811,7 @@ def _lower_q_conv(ctx: LoweringContext, node: Node, epilogue: Epilogue, g: ConvG
             writer.row(n, outer, outer_class, group, block, tile.vectors, tile.lanes)
         if groups is not None:
             groups.__exit__(None, None, None)
-    return make_kernel(b)
+    return make_kernel(b, optimization="cleanup")
 
 
 @attrs.frozen

@@ -118,7 +118,7 @@ def lower_q_conv_by_channels(ctx: LoweringContext, node: Node, epilogue: Epilogu
             columns = remainder_columns(cover)
             writer.tile(group, cover.full_tiles, n, block, columns,
                         min(columns.lanes, g.group_out))
-    return make_kernel(b)
+    return make_kernel(b, optimization="cleanup")
 
 
 @attrs.frozen

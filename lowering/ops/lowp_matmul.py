@@ -288,7 +288,7 @@ def lower_q_matmul(ctx: LoweringContext, node: Node, epilogue: Epilogue, weights
     gemm = _IntegerGemm(b, g, a, ctx.constant(name + "_weights", packed), (g.columns, g.depth),
                         epilogue, step, tile, value)
     gemm.run(cover, parallel)
-    return make_kernel(b)
+    return make_kernel(b, optimization="cleanup")
 
 
 # -- QActivationMatMul ---------------------------------------------------------------------------
@@ -326,7 +326,7 @@ def lower_q_activation_matmul(ctx: LoweringContext, node: Node, epilogue: Epilog
 
     gemm = _IntegerGemm(b, g, a, packed, b_shape, epilogue, step, tile, value)
     gemm.run(cover, parallel)
-    return make_kernel(b)
+    return make_kernel(b, optimization="cleanup")
 
 
 def _pack_b_at_run_time(b: lb.KernelBuilder, ctx: LoweringContext, node: Node,

@@ -11,10 +11,12 @@ import gc
 import pickle
 import weakref
 
+import attrs
 import llvmlite.binding as llvm
 import lowp_graphs as lg
 import numpy as np
 import pytest
+import test_checked_ops as checked_ops
 import test_entry_point as chain
 
 import lpjit
@@ -46,7 +48,7 @@ def test_kernels_emitted_in_parts_are_all_defined_once_and_declared_in_the_main_
     kernels = [scaled(f"k{n}", 8 + n, 1.5 + n) for n in range(4)]
     received: list[str] = []
     lowered = lower_kernels_to_llvm(kernels, chain.engine().codegen_options(
-        part_instructions=1), sink=received.append)
+        part_instructions=1), sink=lambda text, level: received.append(text))
     assert list(lowered.parts) == received and len(received) == 4
     for n, text in enumerate(received):
         llvm.parse_assembly(text).verify()
@@ -74,7 +76,7 @@ def test_parts_handed_on_are_freed_without_the_cyclic_collector(monkeypatch):
     gc.disable()
     try:
         lowered = lower_kernels_to_llvm(kernels, chain.engine().codegen_options(
-            part_instructions=1), sink=lambda text: None)
+            part_instructions=1), sink=lambda text, level: None)
         alive = [ref() for ref in created if ref() is not None]
     finally:
         if enabled:
@@ -95,7 +97,7 @@ def test_a_program_compiled_in_parts_computes_what_the_single_module_does(backgr
     try:
         module = lower_program_to_llvm(program, plan,
                                        engine.codegen_options(part_instructions=1),
-                                       sink=worker.submit if worker else lambda text: None)
+                                       sink=worker.submit if worker else lambda text, level: None)
         library = engine.add_module(module.lowered, worker)
     finally:
         if worker is not None:
@@ -195,3 +197,76 @@ def test_a_model_compiled_in_parts_runs_caches_pickles_and_profiles(tiny_parts, 
     profile = lpjit.profiling.profile_model(split, [x], iterations=3)
     assert len(profile.steps) == len(split.program.steps)
     assert "define" in split.llvm_ir() and "m1" in split.assembly()
+
+
+def test_kernels_of_each_optimisation_level_fill_parts_of_their_own():
+    """Kernels that need only LLVM's cleanup pipeline (``Kernel.optimization``) and those
+    that need O3 never share a part: a small program holding both is emitted as one part of
+    each, each handed on with its level, and the main module only declares them."""
+    kernels = [attrs.evolve(scaled(f"k{n}", 8 + n, 1.5 + n),
+                            optimization="cleanup" if n % 2 else "full") for n in range(4)]
+    received: list[tuple[str, str]] = []
+    lowered = lower_kernels_to_llvm(kernels, chain.engine().codegen_options(),
+                                    sink=lambda text, level: received.append((text, level)))
+    assert [level for _, level in received] == ["full", "cleanup"]
+    assert lowered.part_levels == ("full", "cleanup")
+    for text, level in received:
+        defined = {n for n in range(4) if f'define void @"k{n}"(' in text}
+        assert defined == ({0, 2} if level == "full" else {1, 3})
+    assert "define" not in str(lowered.ir_module)
+
+
+@pytest.mark.parametrize("background", [False, True, None])
+def test_a_cleanup_part_computes_what_the_o3_part_does(background):
+    """The chain program with every kernel marked "cleanup": optimised by the short pipeline,
+    in parts (on the worker or here) or as one module, its output is the O3 compile's, bit
+    for bit."""
+    program = chain.chain_program()
+    program = attrs.evolve(program, steps=[
+        attrs.evolve(step, kernel=attrs.evolve(step.kernel, optimization="cleanup"))
+        for step in program.steps])
+    plan = plan_memory(program)
+    engine = chain.engine()
+    worker = engine.parallel_compiler() if background else None
+    sink = None if background is None else worker.submit if worker else \
+        lambda text, level: None
+    try:
+        module = lower_program_to_llvm(program, plan, engine.codegen_options(
+            part_instructions=1), sink=sink)
+        library = engine.add_module(module.lowered, worker)
+    finally:
+        if worker is not None:
+            worker.close()
+    lowered = module.lowered
+    if background is None:
+        assert lowered.parts == () and lowered.level == "cleanup"
+    else:
+        assert lowered.part_levels == ("cleanup",) * 3 and lowered.level == "full"
+    split = Executable(library.function_address(ENTRY_POINT),
+                       [BufferSpec.of(b) for b in program.inputs],
+                       [BufferSpec.of(b) for b in program.outputs],
+                       plan.arena_bytes, 1, owner=library)
+    x = RNG.normal(size=(3, 4)).astype(np.float32)
+    (expected,) = chain.executable(program).run([x])
+    np.testing.assert_array_equal(split.run([x])[0], expected)
+
+
+def test_an_unknown_optimisation_level_is_refused():
+    with pytest.raises(ValueError):
+        attrs.evolve(scaled("k", 8, 1.0), optimization="O7")
+    module = llvm.parse_assembly(str(lower_kernels_to_llvm(
+        [scaled("k", 8, 1.0)], chain.engine().codegen_options()).ir_module))
+    with pytest.raises(ValueError, match="unknown optimisation level 'O7'"):
+        chain.engine().optimize(module, level="O7")
+
+
+def test_integer_convolutions_and_matrix_products_ask_for_the_cleanup_pipeline():
+    """The lowerings whose loop IR is the whole schedule (integer Convolution and MatMul,
+    weights or activations) mark their kernels "cleanup"; the depthwise, Quantize and
+    compressed-weight float kernels stay "full"."""
+    model = lpjit.compile(checked_ops.lowp(), threads=1, cache=False)
+    levels = [(step.anchor.name, step.kernel.optimization) for step in model.program.steps]
+    assert levels == [("conv", "cleanup"), ("gconv", "full"), ("fq/quantize", "full"),
+                      ("matmul", "cleanup"), ("fq_a/quantize", "full"),
+                      ("fq_b/quantize", "full"), ("matmul", "cleanup"), ("matmul", "full"),
+                      ("cconv", "full")]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import llvmlite.binding as llvm
 import numpy as np
 import pytest
@@ -174,20 +176,30 @@ def test_raw_llvm_modules_compile_and_expose_addresses(engine):
 def test_machine_code_emission_skips_the_post_ra_list_scheduler():
     """``LLVM_OPTIONS`` turns the post-RA list scheduler off (znver CPUs enable it): the pass
     returns at once, its time is a small fraction of instruction selection's (running, about
-    a third)."""
+    a third).  Both times come from LLVM's pass timers: load on the machine can stretch
+    either, so the best of three emissions counts."""
     codegen = CPUCodegen(TargetSpec.for_cpu("znver4"))
     library = codegen.compile_kernels([examples.matmul_f32(
         5, 21, 3, RNG.standard_normal((3, 21)), RNG.standard_normal(21))])
-    llvm.set_time_passes(True)
-    try:
-        codegen.target_machine.emit_object(library.module)
-    finally:
-        report = llvm.report_and_reset_timings()
-        llvm.set_time_passes(False)
-    seconds = {line.split(")  ")[-1].strip(): float(line.split()[0])
-               for line in report.splitlines() if ")  " in line}
-    assert seconds["Post RA top-down list latency scheduler"] * 10 < seconds[
-        "X86 DAG->DAG Instruction Selection"]
+    ratios = []
+    for _ in range(3):          # the best of three: a busy machine can stall either pass
+        llvm.set_time_passes(True)
+        try:
+            codegen.target_machine.emit_object(library.module)
+        finally:
+            report = llvm.report_and_reset_timings()
+            llvm.set_time_passes(False)
+        seconds: dict[str, float] = {}          # wall clock, summed over pass instances
+        for line in report.splitlines():
+            if ")  " in line:
+                name = re.sub(r" #\d+$", "", line.split(")  ")[-1].strip())
+                seconds[name] = seconds.get(name, 0.0) + float(
+                    line.split(")  ")[-2].split()[0])
+        selection = seconds.get("X86 DAG->DAG Instruction Selection", 0.0)
+        if selection > 0:       # a pass that took no time at all is left out of the report
+            ratios.append(seconds.get("Post RA top-down list latency scheduler", 0.0)
+                          / selection)
+    assert ratios and min(ratios) * 10 < 1, ratios
 
 
 def test_a_loop_the_schedule_left_rolled_stays_rolled(engine):
