@@ -174,21 +174,54 @@ class Peak:
                 "assembly_check": self.check or "ok"}
 
 
+@attrs.frozen(eq=False)
+class PeakRunner:
+    """One compiled peak kernel: ``run(threads)`` runs it once on ``threads`` cores at once
+    (each on its own state) and returns the GOP/s of that run.  ``library`` keeps the code
+    alive."""
+
+    kernel: PeakKernel
+    lanes: int
+    steps: int
+    ops: float                      # ops of one run on one core
+    function: Callable[[int, int], None]
+    check: str
+    library: object
+
+    @classmethod
+    def compile(cls, kernel: PeakKernel, lanes: int) -> PeakRunner:
+        """Compile ``kernel`` for the host, check its assembly, calibrate one run to about
+        20 ms."""
+        from lpjit.pipeline import jit_engine
+
+        library = jit_engine().add_module(build_module(kernel, lanes))
+        check = check_assembly(library.assembly(), kernel, lanes)
+        function = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int64)(
+            library.function_address(kernel.name))
+        steps = _calibrated_steps(function, lanes)
+        ops = 2.0 * kernel.macs_per_lane * lanes * CHAINS * steps
+        return cls(kernel, lanes, steps, ops, function, check, library)
+
+    def run(self, threads: int) -> float:
+        states = [np.ones(CHAINS * self.lanes * 4, np.uint8) for _ in range(threads)]
+        workers = [threading.Thread(target=self.function, args=(s.ctypes.data, self.steps))
+                   for s in states]
+        start = time.perf_counter()
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+        return threads * self.ops / (time.perf_counter() - start) / 1e9
+
+
 def measure_peak(kernel: PeakKernel, lanes: int, threads: tuple[int, ...] = (1,),
                  seconds: float = 0.2) -> Peak:
     """Compile the kernel for the host, check its assembly, time it on 1 and on each
     ``threads`` count of cores (best of repeated runs)."""
-    from lpjit.pipeline import jit_engine
-
-    library = jit_engine().add_module(build_module(kernel, lanes))
-    check = check_assembly(library.assembly(), kernel, lanes)
-    run = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int64)(
-        library.function_address(kernel.name))
-    steps = _calibrated_steps(run, lanes)
-    ops = 2.0 * kernel.macs_per_lane * lanes * CHAINS * steps
+    runner = PeakRunner.compile(kernel, lanes)
     counts = sorted({1, *threads})
-    rates = {n: _best_rate(run, steps, ops, n, seconds, lanes) for n in counts}
-    return Peak(kernel.name, lanes, rates[1], {n: rates[n] for n in counts}, check)
+    rates = {n: _best_rate(runner, n, seconds) for n in counts}
+    return Peak(kernel.name, lanes, rates[1], {n: rates[n] for n in counts}, runner.check)
 
 
 def _calibrated_steps(run, lanes: int, target: float = 0.02) -> int:
@@ -204,22 +237,17 @@ def _calibrated_steps(run, lanes: int, target: float = 0.02) -> int:
         steps *= 4
 
 
-def _best_rate(run, steps: int, ops: float, threads: int, seconds: float,
-               lanes: int) -> float:
-    """GOP/s of ``threads`` simultaneous runs (each on its own state), best of those that
-    fit in ``seconds`` (at least three)."""
-    states = [np.ones(CHAINS * lanes * 4, np.uint8) for _ in range(threads)]
+def _best_rate(runner: PeakRunner, threads: int, seconds: float) -> float:
+    """GOP/s of ``threads`` simultaneous runs, best of those that fit in ``seconds`` (at
+    least three)."""
     best, runs, deadline = 0.0, 0, time.perf_counter() + seconds
     while time.perf_counter() < deadline or runs < 3:
-        workers = [threading.Thread(target=run, args=(s.ctypes.data, steps)) for s in states]
-        start = time.perf_counter()
-        for w in workers:
-            w.start()
-        for w in workers:
-            w.join()
-        best = max(best, threads * ops / (time.perf_counter() - start) / 1e9)
+        best = max(best, runner.run(threads))
         runs += 1
     return best
+
+
+KERNEL_BY_NAME = {k.name: k for k in KERNELS}
 
 
 def measure_peaks(threads: tuple[int, ...] = (1,), seconds: float = 0.2) -> dict[str, Peak]:

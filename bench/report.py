@@ -9,6 +9,16 @@ from bench.peaks import Peak
 EXACT_INT8 = ("int8_exact", "int8_vnni")     # exact products: vpmaddwd / vpdpwssd, vpdpbusd
 
 
+def best_peak_kernels(measured: Mapping[str, Peak]) -> dict[str, str]:
+    """The peak kernel of each precision (``peak_lookup``'s choice, by its 1-core rate)."""
+    out = {}
+    for precision, names in (("int8", EXACT_INT8), ("fp32", ("fp32_fma",))):
+        present = [n for n in names if n in measured]
+        if present:
+            out[precision] = max(present, key=lambda n: measured[n].gops_one_core)
+    return out
+
+
 def peak_lookup(measured: Mapping[str, Peak]) -> Callable[[str, int], float]:
     """``peak(precision, threads)`` in GOP/s: int8 against the best exact int8 kernel (VNNI
     when the host has it), fp32 against FMA; 0 when not measured."""
@@ -55,8 +65,9 @@ def print_results(rows: Sequence[dict], summary: Mapping) -> None:
               f"{'OpenVINO ms [p10-p90]':>24}{'ratio':>7}{'lpjit GOP/s':>14}"
               f"{'OV GOP/s':>14}  {'lpjit compile s':<15}{'rel L2':>8}")
     print()
-    print("ratio = lpjit / OpenVINO median latency (< 1: lpjit faster); %: of the measured "
-          "peak on as many cores; compile: cold / cached in a new process")
+    print("ratio = lpjit / OpenVINO median latency (< 1: lpjit faster); %: of the peak "
+          "kernel's median on as many cores, timed in the same rounds; compile: cold / "
+          "cached in a new process")
     print(header)
     print("-" * len(header))
     errors = []

@@ -14,8 +14,12 @@
    A contender that fails to compile or run is reported with its error; the rest go on.
 4. Times the four interleaved (``bench/measure.py``): medians, p10/p90, the ratio lpjit /
    OpenVINO (< 1: lpjit is faster), GOP/s from the graph's MACs and the fraction of the peak
-   on as many cores (int8 against the best exact int8 peak, VNNI included; fp32 against FMA),
-   and the relative L2 distance between lpjit's and OpenVINO's outputs.
+   on as many cores (int8 against the best exact int8 peak kernel, VNNI included; fp32
+   against FMA), and the relative L2 distance between lpjit's and OpenVINO's outputs.  The
+   peak kernels run as two more contenders of the same interleaved rounds ("peak int8",
+   "peak fp32"): the fraction divides the cell's median by the peak kernel's median measured
+   beside it, under the same load (``peak_fraction``); the fraction of the best run at the
+   start (step 2), in a quiet moment or not, is kept as ``peak_fraction_best``.
 5. Compiles every lpjit cell again in a new process, from the compile cache (the cached
    compile time), then prints the tables and writes ``--out`` (JSON).
 
@@ -26,13 +30,14 @@ otherwise idle, and trust ratios measured side by side more than times.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import attrs
@@ -103,8 +108,10 @@ def compile_openvino(xml: Path, precision: str, threads: int, inputs: list[np.nd
 
 
 def measure_model(built: catalog.BuiltModel, threads: int, settings: Settings,
-                  args: argparse.Namespace, peak_of: Callable[[str, int], float]) -> list[dict]:
-    """The rows (one per precision) of one model at one thread count."""
+                  args: argparse.Namespace, peak_of: Callable[[str, int], float],
+                  beside: Mapping[str, peaks.PeakRunner]) -> list[dict]:
+    """The rows (one per precision) of one model at one thread count; ``beside``: the peak
+    kernel of each precision, timed in the same rounds."""
     inputs = built.random_inputs()
     cells: dict[tuple[str, str], Contender] = {}
     for precision in PRECISIONS:
@@ -116,27 +123,44 @@ def measure_model(built: catalog.BuiltModel, threads: int, settings: Settings,
                                                             args.ov_int8_f32)
     runnable = {f"{runtime} {precision}": cell.run for (runtime, precision), cell in
                 cells.items() if cell.run is not None}
+    for precision, runner in beside.items():
+        runnable[f"peak {precision}"] = functools.partial(runner.run, threads)
     timings = interleaved(runnable, settings)
     rows = []
     for precision in PRECISIONS:
         row = {"model": built.name, "threads": threads, "precision": precision,
                "macs": built.macs, "xml": str(built.xml(precision))}
+        peak = peak_beside(beside.get(precision), timings.get(f"peak {precision}"), threads)
+        if peak:
+            row["peak_beside"] = {"kernel": beside[precision].kernel.name,
+                                  "gops": round(peak, 2)}
         for runtime in RUNTIMES:
             if (runtime, precision) in cells:
                 cell = cells[runtime, precision]
                 timing = timings.get(f"{runtime} {precision}", Timing(error=cell.error))
-                row[runtime] = _cell_json(cell, timing, built.macs,
+                row[runtime] = _cell_json(cell, timing, built.macs, peak,
                                           peak_of(precision, threads))
         row.update(_comparison(cells, precision))
         rows.append(row)
     return rows
 
 
-def _cell_json(cell: Contender, timing: Timing, macs: int, peak: float) -> dict:
+def peak_beside(runner: peaks.PeakRunner | None, timing: Timing | None,
+                threads: int) -> float:
+    """GOP/s of the peak kernel from its median run in the interleaved rounds (0 if none)."""
+    if runner is None or timing is None or not timing.ok:
+        return 0.0
+    return threads * runner.ops / timing.median / 1e9
+
+
+def _cell_json(cell: Contender, timing: Timing, macs: int, peak: float,
+               best_peak: float) -> dict:
     entry = {"compile_s": round(cell.compile_seconds, 3), **timing.to_json(), **cell.info}
     if timing.ok:
         gops = 2 * macs / timing.median / 1e9
-        entry.update(gops=round(gops, 2), peak_fraction=round(gops / peak, 4) if peak else None)
+        entry.update(gops=round(gops, 2),
+                     peak_fraction=round(gops / peak, 4) if peak else None,
+                     peak_fraction_best=round(gops / best_peak, 4) if best_peak else None)
     return entry
 
 
@@ -264,12 +288,15 @@ def main(argv: Sequence[str] | None = None) -> dict:
     built = [catalog.build(name, args.models_dir, args.int8_weights) for name in args.models]
     measured = peaks.measure_peaks(args.threads, seconds=0.05 if args.quick else 0.5)
     report.print_peaks(measured, args.threads)
+    beside = {precision: peaks.PeakRunner.compile(peaks.KERNEL_BY_NAME[name],
+                                                  measured[name].lanes)
+              for precision, name in report.best_peak_kernels(measured).items()}
     rows: list[dict] = []
     for threads in args.threads:
         for model in built:
             print(f"measuring {model.name}, {threads} thread(s) ...", flush=True)
             rows += measure_model(model, threads, settings, args,
-                                  report.peak_lookup(measured))
+                                  report.peak_lookup(measured), beside)
     add_ratios(rows)
     import_seconds = probe_cached_compiles(rows, args.cache_dir)
     document = {"host": _host(), "settings": {**attrs.asdict(settings),

@@ -45,6 +45,13 @@ def test_quick_run_reports_every_cell_and_survives_a_failing_compile(
     for cell in (int8["openvino"], fp32["lpjit"], fp32["openvino"]):
         assert cell["samples"] == 3 and cell["p10_ms"] <= cell["median_ms"] <= cell["p90_ms"]
         assert cell["gops"] > 0
+    for row in (int8, fp32):        # the peak kernel timed in the same rounds as the cells
+        peak = row["peak_beside"]["gops"]
+        assert peak > 0 and row["openvino"]["peak_fraction"] == pytest.approx(
+            row["openvino"]["gops"] / peak, rel=1e-3, abs=1e-4)
+        assert row["openvino"]["peak_fraction_best"] > 0
+    assert int8["peak_beside"]["kernel"] in ("int8_exact", "int8_vnni")
+    assert fp32["peak_beside"]["kernel"] == "fp32_fma"
     assert fp32["macs"] > 0 and fp32["relative_l2_lpjit_vs_openvino"] < 1e-4
     assert fp32["lpjit"]["cache_hit"] is True and "ratio" in fp32 and "ratio" not in int8
     printed = capsys.readouterr().out
