@@ -105,6 +105,17 @@ def _tile(target: Target, rows: int, vectors: int, row_extent: int,
     return RegisterTile(max(1, min(row_extent, budget // vectors, rows)), vectors, lanes)
 
 
+def fitted_rows(tile: RegisterTile, extent: int, fewest: int = 4) -> RegisterTile:
+    """``tile`` with the number of rows (at most its own, at least ``fewest``) whose blocks
+    waste least of ``extent`` (the last block of a cover overlaps the one before it, and
+    recomputes the overlap); the tile's own rows while they waste under 2 %.  ResNet-18's
+    7x7 layers: 6-row blocks compute 54 pixels for 49, 5-row blocks 50."""
+    if block_efficiency(extent, tile.rows) >= 0.98 or tile.rows <= fewest:
+        return tile
+    rows = max(range(tile.rows, fewest - 1, -1), key=lambda r: block_efficiency(extent, r))
+    return attrs.evolve(tile, rows=rows)
+
+
 def conv_schedules(target: Target, group_out: int, out_spatial: tuple[int, ...],
                    reduction: int, threads: int) -> dict[str, tuple[ConvSchedule, float]]:
     """Both direct-conv schedules with their estimated efficiency: 6 x 4 tiles on AVX-512,
@@ -113,7 +124,7 @@ def conv_schedules(target: Target, group_out: int, out_spatial: tuple[int, ...],
     avx512 = target.has_avx512
     pixels = math.prod(out_spatial)
     width = _tile(target, 6 if avx512 else 4, 4 if avx512 else 3, group_out, out_spatial[-1])
-    channels = _tile(target, 6, 4 if avx512 else 2, pixels, group_out)
+    channels = fitted_rows(_tile(target, 6, 4 if avx512 else 2, pixels, group_out), pixels)
     by_width = (axis_efficiency(out_spatial[-1], width.lanes, width.vectors)
                 * block_efficiency(group_out, width.rows))
     by_channels = (axis_efficiency(group_out, channels.lanes, channels.vectors)
