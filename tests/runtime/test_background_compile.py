@@ -85,28 +85,37 @@ def test_parts_handed_on_are_freed_without_the_cyclic_collector(monkeypatch):
     assert all(f'define void @"k{n}"(' in lowered.parts[n] for n in range(3))
 
 
+def compiled_in_parts(program, background: bool | None):
+    """``program`` lowered in one-instruction parts, optimised on a worker (``background``),
+    here (False), or lowered without a sink as one module (None); its lowered module, library
+    and executable."""
+    plan = plan_memory(program)
+    engine = chain.engine()
+    worker = engine.parallel_compiler() if background else None
+    sink = None if background is None else worker.submit if worker else \
+        lambda text, level: None
+    try:
+        module = lower_program_to_llvm(program, plan, engine.codegen_options(
+            part_instructions=1), sink=sink)
+        library = engine.add_module(module.lowered, worker)
+    finally:
+        if worker is not None:
+            worker.close()
+    split = Executable(library.function_address(ENTRY_POINT),
+                       [BufferSpec.of(b) for b in program.inputs],
+                       [BufferSpec.of(b) for b in program.outputs],
+                       plan.arena_bytes, 1, owner=library)
+    return module.lowered, library, split
+
+
 @pytest.mark.parametrize("background", [False, True])
 def test_a_program_compiled_in_parts_computes_what_the_single_module_does(background):
     """The chain program's seven kernels (three bodies: k1..k5 are one shared kernel) in
     parts, optimised synchronously or on the worker, then linked: same output as the
     one-module compile, bit for bit."""
     program = chain.chain_program()
-    plan = plan_memory(program)
-    engine = chain.engine()
-    worker = engine.parallel_compiler() if background else None
-    try:
-        module = lower_program_to_llvm(program, plan,
-                                       engine.codegen_options(part_instructions=1),
-                                       sink=worker.submit if worker else lambda text, level: None)
-        library = engine.add_module(module.lowered, worker)
-    finally:
-        if worker is not None:
-            worker.close()
-    assert len(module.lowered.parts) == 3
-    split = Executable(library.function_address(ENTRY_POINT),
-                       [BufferSpec.of(b) for b in program.inputs],
-                       [BufferSpec.of(b) for b in program.outputs],
-                       plan.arena_bytes, 1, owner=library)
+    lowered, library, split = compiled_in_parts(program, background)
+    assert len(lowered.parts) == 3
     x = RNG.normal(size=(3, 4)).astype(np.float32)
     (expected,) = chain.executable(program).run([x])
     (y,) = split.run([x])
@@ -225,27 +234,11 @@ def test_a_cleanup_part_computes_what_the_o3_part_does(background):
     program = attrs.evolve(program, steps=[
         attrs.evolve(step, kernel=attrs.evolve(step.kernel, optimization="cleanup"))
         for step in program.steps])
-    plan = plan_memory(program)
-    engine = chain.engine()
-    worker = engine.parallel_compiler() if background else None
-    sink = None if background is None else worker.submit if worker else \
-        lambda text, level: None
-    try:
-        module = lower_program_to_llvm(program, plan, engine.codegen_options(
-            part_instructions=1), sink=sink)
-        library = engine.add_module(module.lowered, worker)
-    finally:
-        if worker is not None:
-            worker.close()
-    lowered = module.lowered
+    lowered, _, split = compiled_in_parts(program, background)
     if background is None:
         assert lowered.parts == () and lowered.level == "cleanup"
     else:
         assert lowered.part_levels == ("cleanup",) * 3 and lowered.level == "full"
-    split = Executable(library.function_address(ENTRY_POINT),
-                       [BufferSpec.of(b) for b in program.inputs],
-                       [BufferSpec.of(b) for b in program.outputs],
-                       plan.arena_bytes, 1, owner=library)
     x = RNG.normal(size=(3, 4)).astype(np.float32)
     (expected,) = chain.executable(program).run([x])
     np.testing.assert_array_equal(split.run([x])[0], expected)
