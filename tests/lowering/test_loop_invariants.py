@@ -44,12 +44,12 @@ def gather(parallel: bool = False):
     n = b.scalar("n", i64)
     y = b.output("y", i64, (6, 5, 3))
     z = b.output("z", i64, (6, 5))
-    with b.for_range(6, kind=PARALLEL if parallel else SERIAL, name="i") as i:
-        with b.for_range(5, name="j") as j:
-            with b.for_range(3, kind=UNROLLED, name="r") as r:
-                b.store(y, (i, j, r), x[(i * 7) // 3 + j + (i + r) // 5])
-            with b.if_(lb.gt(n, 0)):
-                b.store(z, (i, j), x[lb.min_(lb.max_(j // n, 0), 63)])
+    with b.for_range(6, kind=PARALLEL if parallel else SERIAL, name="i") as i, \
+            b.for_range(5, name="j") as j:
+        with b.for_range(3, kind=UNROLLED, name="r") as r:
+            b.store(y, (i, j, r), x[(i * 7) // 3 + j + (i + r) // 5])
+        with b.if_(lb.gt(n, 0)):
+            b.store(z, (i, j), x[lb.min_(lb.max_(j // n, 0), 63)])
     return b.build()
 
 
