@@ -7,12 +7,14 @@ from collections.abc import Callable, Mapping, Sequence
 from bench.peaks import Peak
 
 EXACT_INT8 = ("int8_exact", "int8_vnni")     # exact products: vpmaddwd / vpdpwssd, vpdpbusd
+# The peak kernels a precision is measured against: int8 the best exact one, fp32 FMA.
+PEAK_KERNELS = {"int8": EXACT_INT8, "fp32": ("fp32_fma",)}
 
 
 def best_peak_kernels(measured: Mapping[str, Peak]) -> dict[str, str]:
-    """The peak kernel of each precision (``peak_lookup``'s choice, by its 1-core rate)."""
+    """The peak kernel of each precision (of ``PEAK_KERNELS``, the best by its 1-core rate)."""
     out = {}
-    for precision, names in (("int8", EXACT_INT8), ("fp32", ("fp32_fma",))):
+    for precision, names in PEAK_KERNELS.items():
         present = [n for n in names if n in measured]
         if present:
             out[precision] = max(present, key=lambda n: measured[n].gops_one_core)
@@ -24,9 +26,8 @@ def peak_lookup(measured: Mapping[str, Peak]) -> Callable[[str, int], float]:
     when the host has it), fp32 against FMA; 0 when not measured."""
 
     def peak(precision: str, threads: int) -> float:
-        names = EXACT_INT8 if precision == "int8" else ("fp32_fma",)
-        return max((measured[n].gops_all.get(threads, 0.0) for n in names if n in measured),
-                   default=0.0)
+        return max((measured[n].gops_all.get(threads, 0.0) for n in PEAK_KERNELS[precision]
+                    if n in measured), default=0.0)
 
     return peak
 

@@ -38,7 +38,7 @@ from llvmlite import ir
 from lowering.abi import bind_arguments
 from lowering.bounds_checks import raise_recorded_failure
 from lowering.codegen_llvm import CodegenOptions, LoweredModule, lower_kernels_to_llvm
-from lowering.loop_ir import Buffer, Kernel
+from lowering.loop_ir import OPTIMIZATION_LEVELS, Buffer, Kernel
 from lpjit.errors import CodegenError
 from runtime.parallel_compile import CompiledPart, ParallelCompiler, compile_part
 
@@ -187,13 +187,12 @@ class CodeLibrary:
     def __init__(self, codegen: CPUCodegen, source: LoweredModule | ir.Module | str,
                  parts: ParallelCompiler | None = None) -> None:
         self.codegen = codegen
-        self.lowered = source if isinstance(source, LoweredModule) else None
-        text = str(source.ir_module if self.lowered is not None else source)
-        part_texts = self.lowered.parts if self.lowered is not None else ()
-        part_levels = self.lowered.part_levels if self.lowered is not None else ()
+        self.lowered = lowered = source if isinstance(source, LoweredModule) else None
+        text = str(lowered.ir_module if lowered is not None else source)
+        part_texts, part_levels, level = ((lowered.parts, lowered.part_levels, lowered.level)
+                                          if lowered is not None else ((), (), "full"))
         self.unoptimized_ir = "\n".join((text, *part_texts))
-        self.main = codegen.parse_and_optimize(
-            text, self.lowered.level if self.lowered is not None else "full")
+        self.main = codegen.parse_and_optimize(text, level)
         machine = codegen.part_machine() if part_texts and parts is None else None
         self.parts: tuple[CompiledPart, ...] = tuple(
             parts.finish() if parts is not None
@@ -342,8 +341,8 @@ class CPUCodegen:
             for name in CLEANUP_PASSES:
                 getattr(manager, f"add_{name}_pass")()
         else:
-            raise ValueError(f"unknown optimisation level {level!r}, expected 'full' or "
-                             "'cleanup'")
+            raise ValueError(f"unknown optimisation level {level!r}, expected one of "
+                             f"{OPTIMIZATION_LEVELS}")
         if run is None:
             manager.run(module, builder)
         else:
